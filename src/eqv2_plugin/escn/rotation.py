@@ -1,0 +1,59 @@
+"""Per-edge rotation of node features into the edge frame and back.
+
+Only the Wigner-D rows with ``|m| <= mmax`` are kept (the rest would be dropped
+by the SO(2) convolution anyway), ordered in the m-major edge layout, so
+rotating in lands directly in the layout the SO(2) convolutions use and no
+permutation is needed. Built once per forward pass and shared by every layer.
+"""
+from __future__ import annotations
+
+import torch
+
+from eqv2_plugin.so3.layout import EdgeLayout
+from eqv2_plugin.so3.wigner import wigner_blocks
+
+
+class EdgeRotation:
+    """Wigner-D data of one batch of edges.
+
+    Attributes:
+        wigner: ``[E, K, (lmax+1)**2]`` rows of ``D(R_e)`` for the edge coefficients.
+        rescale: ``[K]`` truncation rescale applied when rotating back.
+    """
+
+    def __init__(self, frames: torch.Tensor, layout: EdgeLayout):
+        self.layout = layout
+        lmax = layout.lmax
+        blocks = wigner_blocks(frames, lmax)
+        num_edges = frames.shape[0]
+        # rows of edge coefficients grouped by degree, in edge-layout positions
+        rows = []
+        for l in range(lmax + 1):
+            ms = [m for (ll, m) in layout.lm if ll == l]
+            block = blocks[l][:, [m + l for m in ms], :]  # [E, r_l, 2l+1]
+            rows.append((l, block))
+        wigner = frames.new_zeros(num_edges, layout.num_coefficients, (lmax + 1) ** 2)
+        for l, block in rows:
+            positions = [k for k, (ll, _) in enumerate(layout.lm) if ll == l]
+            wigner[:, positions, l * l : (l + 1) ** 2] = block
+        self.wigner = wigner
+        self.rescale = layout.rescale(frames.dtype).to(frames.device)
+
+    @property
+    def num_edges(self) -> int:
+        return self.wigner.shape[0]
+
+    def to_edge(self, x: torch.Tensor) -> torch.Tensor:
+        """``[E, (lmax+1)**2, C]`` node-layout features -> ``[E, K, C]`` in the edge frame."""
+        return torch.bmm(self.wigner.to(x.dtype), x)
+
+    def from_edge(self, y: torch.Tensor) -> torch.Tensor:
+        """``[E, K, C]`` edge-frame features -> ``[E, (lmax+1)**2, C]`` (with truncation rescale)."""
+        y = y * self.rescale.to(y.dtype)[None, :, None]
+        return torch.bmm(self.wigner.to(y.dtype).transpose(1, 2), y)
+
+    def from_edge_m0(self, y0: torch.Tensor) -> torch.Tensor:
+        """Rotate back features that only have m=0 coefficients: ``[E, lmax+1, C]``."""
+        n0 = self.layout.lmax + 1
+        y0 = y0 * self.rescale[:n0].to(y0.dtype)[None, :, None]
+        return torch.bmm(self.wigner[:, :n0].to(y0.dtype).transpose(1, 2), y0)

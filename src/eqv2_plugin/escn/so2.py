@@ -1,0 +1,90 @@
+"""SO(2)-equivariant linear maps on edge-frame features (eSCN convolution).
+
+In the edge frame a rotation about the edge axis by angle t acts on the pair
+(+m, -m) of each order m as a 2D rotation by m*t. The most general linear map
+commuting with it mixes degrees and channels freely within one order, and acts
+on the pair as multiplication by a complex number ``W_r + i W_i``:
+
+    out(+m) = W_r x(+m) - W_i x(-m)
+    out(-m) = W_r x(-m) + W_i x(+m)
+
+Order m=0 is an ordinary linear map (with bias), which can also emit extra
+invariant outputs (attention logits, gates). Optionally every input element is
+first scaled by an edge-dependent radial weight (one per degree and channel,
+shared by +m and -m).
+
+Parameters:
+    ``m0_linear``: Linear((lmax+1) C_in -> extra + (lmax+1) C_out), with bias;
+    ``m_linears[m-1]``: Linear((lmax-m+1) C_in -> 2 (lmax-m+1) C_out), no bias
+    (first half W_r, second half W_i, output ordered (degree, channel));
+    ``radial``: optional RadialMLP producing ``sum_m (lmax-m+1) C_in`` weights.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from eqv2_plugin.layers.radial import RadialMLP
+from eqv2_plugin.so3.layout import EdgeLayout
+
+
+class SO2Convolution(nn.Module):
+    """``x [E, K, C_in]`` (edge layout) -> ``([E, K, C_out], extra [E, n_extra] | None)``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        layout: EdgeLayout,
+        radial_channels: list[int] | None = None,
+        extra_m0_outputs: int = 0,
+    ):
+        super().__init__()
+        self.layout = layout
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.extra_m0_outputs = extra_m0_outputs
+        L, M = layout.lmax, layout.mmax
+        self.m0_linear = nn.Linear((L + 1) * in_channels, extra_m0_outputs + (L + 1) * out_channels)
+        self.m_linears = nn.ModuleList()
+        for m in range(1, M + 1):
+            n = layout.m_size(m)
+            lin = nn.Linear(n * in_channels, 2 * n * out_channels, bias=False)
+            with torch.no_grad():
+                lin.weight.mul_(1.0 / math.sqrt(2.0))  # two real maps feed each output
+            self.m_linears.append(lin)
+        self.radial = None
+        if radial_channels is not None:
+            num_weights = sum(layout.m_size(m) for m in range(M + 1)) * in_channels
+            self.radial = RadialMLP([*radial_channels, num_weights])
+
+    def forward(
+        self, x: torch.Tensor, edge_scalars: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        E = x.shape[0]
+        L, M = self.layout.lmax, self.layout.mmax
+        c_in, c_out = self.in_channels, self.out_channels
+        weights = self.radial(edge_scalars) if self.radial is not None else None
+
+        x0 = x[:, : L + 1].reshape(E, (L + 1) * c_in)
+        if weights is not None:
+            x0 = x0 * weights[:, : (L + 1) * c_in]
+        y0 = self.m0_linear(x0)
+        extra = y0[:, : self.extra_m0_outputs] if self.extra_m0_outputs else None
+        out = [y0[:, self.extra_m0_outputs :].reshape(E, L + 1, c_out)]
+
+        w_offset = (L + 1) * c_in
+        for m in range(1, M + 1):
+            n = self.layout.m_size(m)
+            start = self.layout.m_offset(m)
+            xm = x[:, start : start + 2 * n].reshape(E, 2, n * c_in)
+            if weights is not None:
+                xm = xm * weights[:, None, w_offset : w_offset + n * c_in]
+            w_offset += n * c_in
+            ym = self.m_linears[m - 1](xm)  # [E, 2, 2 n c_out]
+            yr, yi = ym[..., : n * c_out], ym[..., n * c_out :]
+            plus = yr[:, 0] - yi[:, 1]
+            minus = yr[:, 1] + yi[:, 0]
+            out.append(torch.stack([plus, minus], dim=1).reshape(E, 2 * n, c_out))
+        return torch.cat(out, dim=1), extra

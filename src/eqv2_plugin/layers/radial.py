@@ -1,0 +1,43 @@
+"""Radial basis and the radial MLPs that turn edge scalars into weights."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# EquiformerV2 hard-codes 600 Gaussians whatever `num_distance_basis` says.
+NUM_GAUSSIANS = 600
+GAUSSIAN_WIDTH_FACTOR = 2.0
+
+
+class GaussianBasis(nn.Module):
+    """Gaussians ``exp(-(d - mu_k)^2 / (2 sigma^2))`` on ``mu_k = linspace(0, cutoff, n)``
+    with ``sigma = width_factor * spacing``.  ``[E] -> [E, n]``."""
+
+    def __init__(self, cutoff: float, num_basis: int = NUM_GAUSSIANS, width_factor: float = GAUSSIAN_WIDTH_FACTOR):
+        super().__init__()
+        centers = torch.linspace(0.0, cutoff, num_basis)
+        self.num_basis = num_basis
+        self.coeff = -0.5 / (width_factor * (centers[1] - centers[0])).item() ** 2
+        self.register_buffer("centers", centers, persistent=False)
+
+    def forward(self, dist: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.coeff * (dist[:, None] - self.centers[None, :]) ** 2)
+
+
+class RadialMLP(nn.Module):
+    """``Linear -> LayerNorm -> SiLU`` repeated, then a final ``Linear``.
+
+    ``channels = [in, hidden, ..., out]``; ``[E, in] -> [E, out]``.
+    """
+
+    def __init__(self, channels: list[int]):
+        super().__init__()
+        mods: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+            mods.append(nn.Linear(c_in, c_out))
+            if i < len(channels) - 2:
+                mods += [nn.LayerNorm(c_out), nn.SiLU()]
+        self.layers = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

@@ -1,0 +1,1 @@
+"""Backbone, heads and their assembly into EquiformerV2."""

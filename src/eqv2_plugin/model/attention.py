@@ -1,0 +1,136 @@
+"""Equivariant graph attention (EquiformerV2 section 3): SO(2) convolutions in
+edge frames, attention re-normalisation, and a separable S2 (or gate / S2)
+activation on the messages."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from eqv2_plugin.escn.so2 import SO2Convolution
+from eqv2_plugin.layers.activations import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU
+from eqv2_plugin.layers.linear import DegreeWiseLinear
+from eqv2_plugin.layers.radial import RadialMLP
+from eqv2_plugin.model.graph import EdgeGraph, segment_softmax
+from eqv2_plugin.so3.grid import s2_grid_matrices
+from eqv2_plugin.so3.layout import EdgeLayout, degree_of_node_coefficients
+
+
+class EdgeAttention(nn.Module):
+    """``x [N, (L+1)^2, C]`` -> ``[N, (L+1)^2, out_channels]``.
+
+    Per edge: concatenate source and target features, rotate into the edge
+    frame, SO(2) convolution (radial weights from the edge scalars) producing a
+    hidden message plus invariant attention logits and activation scalars,
+    activation, second SO(2) convolution to ``heads x value`` channels. Logits
+    go through LayerNorm ("attention re-normalisation"), a smooth leaky ReLU
+    and a per-head dot product, then a softmax over each target's incoming
+    edges. Weighted values are rotated back, summed at the target and
+    projected degree-wise.
+    """
+
+    def __init__(
+        self,
+        sphere_channels: int,
+        hidden_channels: int,
+        num_heads: int,
+        alpha_channels: int,
+        value_channels: int,
+        out_channels: int,
+        layout: EdgeLayout,
+        edge_channels_list: list[int],
+        max_num_elements: int,
+        grid_resolution: int | None,
+        use_atom_edge_embedding: bool = True,
+        use_m_share_rad: bool = False,
+        use_attn_renorm: bool = True,
+        use_gate_act: bool = False,
+        use_sep_s2_act: bool = True,
+        alpha_drop: float = 0.0,
+    ):
+        super().__init__()
+        L = layout.lmax
+        self.layout = layout
+        self.num_heads, self.alpha_channels, self.value_channels = num_heads, alpha_channels, value_channels
+        self.use_gate_act, self.use_sep_s2_act = use_gate_act, use_sep_s2_act
+        self.use_m_share_rad = use_m_share_rad
+        radial_channels = list(edge_channels_list)
+        if use_atom_edge_embedding:
+            self.src_embedding = nn.Embedding(max_num_elements, radial_channels[-1])
+            self.tgt_embedding = nn.Embedding(max_num_elements, radial_channels[-1])
+            nn.init.uniform_(self.src_embedding.weight, -0.001, 0.001)
+            nn.init.uniform_(self.tgt_embedding.weight, -0.001, 0.001)
+            radial_channels[0] += 2 * radial_channels[-1]
+        else:
+            self.src_embedding = self.tgt_embedding = None
+
+        if use_gate_act:
+            num_act_scalars = L * hidden_channels
+        elif use_sep_s2_act:
+            num_act_scalars = hidden_channels
+        else:
+            num_act_scalars = 0
+        self.num_logits = num_heads * alpha_channels
+        if use_m_share_rad:
+            # one radial weight per (degree, channel), applied before the rotation
+            self.shared_radial = RadialMLP([*radial_channels, 2 * sphere_channels * (L + 1)])
+            self.register_buffer("node_degree", degree_of_node_coefficients(L), persistent=False)
+        self.conv1 = SO2Convolution(
+            2 * sphere_channels,
+            hidden_channels,
+            layout,
+            radial_channels=None if use_m_share_rad else radial_channels,
+            extra_m0_outputs=self.num_logits + num_act_scalars,
+        )
+        self.logit_norm = nn.LayerNorm(alpha_channels) if use_attn_renorm else nn.Identity()
+        self.logit_act = SmoothLeakyReLU(0.2)
+        bound = 1.0 / math.sqrt(alpha_channels)
+        self.logit_weight = nn.Parameter(torch.empty(num_heads, alpha_channels).uniform_(-bound, bound))
+        self.alpha_dropout = nn.Dropout(alpha_drop) if alpha_drop > 0.0 else None
+
+        if use_gate_act:
+            self.act = GateActivation(layout.degree, L)
+        else:
+            to_grid, from_grid = s2_grid_matrices(L, layout.mmax, grid_resolution, layout.node_index)
+            self.act = (SeparableS2Activation if use_sep_s2_act else S2Activation)(to_grid, from_grid)
+        self.conv2 = SO2Convolution(hidden_channels, num_heads * value_channels, layout)
+        self.out_proj = DegreeWiseLinear(num_heads * value_channels, out_channels, L)
+
+    def edge_inputs(self, graph: EdgeGraph) -> torch.Tensor:
+        """``[E, D]`` invariant inputs of the radial functions."""
+        if self.src_embedding is None:
+            return graph.edge_scalars
+        z = graph.atomic_numbers
+        return torch.cat(
+            [graph.edge_scalars, self.src_embedding(z[graph.source]), self.tgt_embedding(z[graph.target])], dim=1
+        )
+
+    def forward(self, x: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:
+        E = graph.edge_index.shape[1]
+        edge_in = self.edge_inputs(graph)
+        msg = torch.cat([x[graph.source], x[graph.target]], dim=2)  # [E, (L+1)^2, 2C]
+        if self.use_m_share_rad:
+            w = self.shared_radial(edge_in).reshape(E, self.layout.lmax + 1, -1)
+            msg = msg * w[:, self.node_degree]
+        msg = graph.rotation.to_edge(msg)  # [E, K, 2C]
+        hidden, extra = self.conv1(msg, None if self.use_m_share_rad else edge_in)
+        logits, act_scalars = extra[:, : self.num_logits], extra[:, self.num_logits :]
+        if self.use_gate_act:
+            hidden = self.act(act_scalars, hidden)
+        elif self.use_sep_s2_act:
+            hidden = self.act(act_scalars, hidden)
+        else:
+            hidden = self.act(hidden)
+        values, _ = self.conv2(hidden)  # [E, K, H*V]
+
+        logits = self.logit_act(self.logit_norm(logits.reshape(E, self.num_heads, self.alpha_channels)))
+        logits = torch.einsum("eha,ha->eh", logits, self.logit_weight)
+        alpha = segment_softmax(logits, graph.target, graph.num_nodes)
+        if self.alpha_dropout is not None:
+            alpha = self.alpha_dropout(alpha)
+        K = values.shape[1]
+        values = (values.reshape(E, K, self.num_heads, self.value_channels) * alpha[:, None, :, None]).reshape(E, K, -1)
+        values = graph.rotation.from_edge(values)  # [E, (L+1)^2, H*V]
+        out = values.new_zeros(graph.num_nodes, values.shape[1], values.shape[2]).index_add(0, graph.target, values)
+        return self.out_proj(out)

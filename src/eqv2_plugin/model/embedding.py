@@ -1,0 +1,50 @@
+"""Input embeddings: atom types on l=0 and the edge-degree embedding."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eqv2_plugin.layers.radial import RadialMLP
+from eqv2_plugin.model.graph import EdgeGraph
+
+
+class EdgeDegreeEmbedding(nn.Module):
+    """Initial l>0 features from the neighbourhood geometry: ``-> [N, (L+1)^2, C]``.
+
+    A radial MLP of each edge's scalars gives m=0 coefficients for every degree
+    in the edge frame (an SO(2) linear map of a constant input); they are
+    rotated back to the global frame, summed at the target and divided by
+    ``avg_degree``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        lmax: int,
+        edge_channels_list: list[int],
+        max_num_elements: int,
+        use_atom_edge_embedding: bool,
+        avg_degree: float,
+    ):
+        super().__init__()
+        self.channels, self.lmax, self.avg_degree = channels, lmax, avg_degree
+        radial_channels = list(edge_channels_list)
+        if use_atom_edge_embedding:
+            self.src_embedding = nn.Embedding(max_num_elements, radial_channels[-1])
+            self.tgt_embedding = nn.Embedding(max_num_elements, radial_channels[-1])
+            nn.init.uniform_(self.src_embedding.weight, -0.001, 0.001)
+            nn.init.uniform_(self.tgt_embedding.weight, -0.001, 0.001)
+            radial_channels[0] += 2 * radial_channels[-1]
+        else:
+            self.src_embedding = self.tgt_embedding = None
+        self.radial = RadialMLP([*radial_channels, (lmax + 1) * channels])
+
+    def forward(self, graph: EdgeGraph) -> torch.Tensor:
+        edge_in = graph.edge_scalars
+        if self.src_embedding is not None:
+            z = graph.atomic_numbers
+            edge_in = torch.cat([edge_in, self.src_embedding(z[graph.source]), self.tgt_embedding(z[graph.target])], 1)
+        m0 = self.radial(edge_in).reshape(-1, self.lmax + 1, self.channels)
+        per_edge = graph.rotation.from_edge_m0(m0)  # [E, (L+1)^2, C]
+        out = per_edge.new_zeros(graph.num_nodes, per_edge.shape[1], self.channels)
+        return out.index_add(0, graph.target, per_edge) / self.avg_degree

@@ -1,0 +1,54 @@
+"""What every layer needs to know about the edges of one batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from eqv2_plugin.escn.rotation import EdgeRotation
+
+
+@dataclass
+class EdgeGraph:
+    """Edges of a batch, in the orientation messages flow: ``source -> target``.
+
+    Attributes:
+        edge_index: ``[2, E]`` (source, target); messages are summed at the target.
+        edge_vec: ``[E, 3]`` ``pos[source] - pos[target] + periodic offset``.
+        edge_scalars: ``[E, D]`` invariant edge features (radial basis, and the
+            shared atom embeddings when ``share_atom_edge_embedding``).
+        rotation: Wigner-D data of the edge frames.
+        atomic_numbers: ``[N]`` long.
+        batch: ``[N]`` graph of each node.
+        num_graphs: number of graphs in the batch.
+    """
+
+    edge_index: torch.Tensor
+    edge_vec: torch.Tensor
+    edge_scalars: torch.Tensor
+    rotation: EdgeRotation
+    atomic_numbers: torch.Tensor
+    batch: torch.Tensor
+    num_graphs: int
+
+    @property
+    def num_nodes(self) -> int:
+        return self.atomic_numbers.shape[0]
+
+    @property
+    def source(self) -> torch.Tensor:
+        return self.edge_index[0]
+
+    @property
+    def target(self) -> torch.Tensor:
+        return self.edge_index[1]
+
+
+def segment_softmax(logits: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Softmax of ``logits [E, H]`` over the edges sharing a ``segment [E]`` id."""
+    shape = (num_segments, logits.shape[1])
+    seg = segment[:, None].expand_as(logits)
+    seg_max = logits.new_full(shape, float("-inf")).scatter_reduce(0, seg, logits.detach(), "amax")
+    z = torch.exp(logits - seg_max[segment])
+    denom = logits.new_zeros(shape).index_add(0, segment, z)
+    return z / (denom[segment] + 1e-16)
