@@ -130,7 +130,9 @@ class EdgeAttention(nn.Module):
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
         K = values.shape[1]
-        values = (values.reshape(E, K, self.num_heads, self.value_channels) * alpha[:, None, :, None]).reshape(E, K, -1)
+        values = (values.reshape(E, K, self.num_heads, self.value_channels) * alpha[:, None, :, None]).reshape(
+            E, K, self.num_heads * self.value_channels
+        )
         values = graph.rotation.from_edge(values)  # [E, (L+1)^2, H*V]
         out = values.new_zeros(graph.num_nodes, values.shape[1], values.shape[2]).index_add(0, graph.target, values)
         return self.out_proj(out)

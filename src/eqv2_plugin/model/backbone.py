@@ -17,11 +17,8 @@ from eqv2_plugin.model.config import AVG_DEGREE, AVG_NUM_NODES, validate_config
 from eqv2_plugin.model.embedding import EdgeDegreeEmbedding
 from eqv2_plugin.model.ffn import FeedForward
 from eqv2_plugin.model.graph import EdgeGraph
-from eqv2_plugin.model.inputs import check_inputs, compute_edges
+from eqv2_plugin.model.inputs import OVERLAP_DISTANCE, check_inputs, compute_edges
 from eqv2_plugin.so3.layout import EdgeLayout
-
-# Edges shorter than this are overlapping atoms: the edge frame is undefined.
-MIN_EDGE_LENGTH = 1e-4
 
 
 class EquiformerV2Backbone(nn.Module):
@@ -179,8 +176,8 @@ class EquiformerV2Backbone(nn.Module):
             data.pos.requires_grad_(True)
         edge_index, edge_vec = compute_edges(self, data)
         dist = edge_vec.norm(dim=-1)
-        if dist.numel() and bool((dist < MIN_EDGE_LENGTH).any()):
-            e = int(torch.nonzero(dist < MIN_EDGE_LENGTH)[0, 0])
+        if dist.numel() and bool((dist < OVERLAP_DISTANCE).any()):  # precomputed graphs
+            e = int(torch.nonzero(dist < OVERLAP_DISTANCE)[0, 0])
             s, t = int(edge_index[0, e]), int(edge_index[1, e])
             raise ValueError(
                 f"EquiformerV2: atoms {s} and {t} are {float(dist[e]):.2e} A apart (overlapping atoms, "

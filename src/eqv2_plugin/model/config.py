@@ -51,10 +51,10 @@ def validate_config(cfg: dict) -> tuple[int, int]:
         _positive_int(name, cfg[name])
     if cfg["grid_resolution"] is not None:
         _positive_int("grid_resolution", cfg["grid_resolution"])
-        if cfg["grid_resolution"] < 2 * (lmax + 1) - 2:
+        if cfg["grid_resolution"] < 2 * (lmax + 1) or cfg["grid_resolution"] % 2:
             raise ValueError(
-                f"EquiformerV2: grid_resolution={cfg['grid_resolution']} is too coarse for lmax={lmax} "
-                f"(the S2 grid cannot resolve the signal); use at least {2 * (lmax + 1)} or leave it null"
+                f"EquiformerV2: grid_resolution={cfg['grid_resolution']} cannot resolve degree lmax={lmax} "
+                f"on the S2 grid; use an even number >= {2 * (lmax + 1)} (released configs: 18) or null"
             )
     if not isinstance(cfg["max_radius"], (int, float)) or cfg["max_radius"] <= 0:
         raise ValueError(f"EquiformerV2: max_radius must be a positive number of Angstrom, got {cfg['max_radius']!r}")

@@ -35,31 +35,61 @@ def check_inputs(data, max_num_elements: int) -> torch.Tensor:
         )
     if getattr(data, "batch", None) is None:
         data.batch = torch.zeros_like(z)
+    _check_no_duplicate_atoms(pos, data.batch)
     cell = getattr(data, "cell", None)
     if cell is not None and not torch.isfinite(cell).all():
         raise ValueError("EquiformerV2: cell contains NaN or inf; fix the input structure")
     return z
 
 
+# fairchem's neighbour search drops pairs closer than 0.01 A without a word
+OVERLAP_DISTANCE = 0.01
+
+
+def _check_no_duplicate_atoms(pos: torch.Tensor, batch: torch.Tensor) -> None:
+    """Reject atoms of one system closer than ``OVERLAP_DISTANCE`` (overlapping or
+    duplicated atoms have no edge frame, and fairchem's graph code silently drops
+    their edge). Every such pair shares a cell of one of the 8 grids of spacing
+    ``2 * OVERLAP_DISTANCE`` shifted by half a cell per axis."""
+    p = pos.detach().double() / (2 * OVERLAP_DISTANCE)
+    for shift in range(8):
+        offset = p.new_tensor([(shift >> k & 1) * 0.5 for k in range(3)])
+        key = torch.cat([batch[:, None].to(p.dtype), torch.floor(p + offset)], dim=1)
+        unique, inverse, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+        if unique.shape[0] < key.shape[0]:
+            dup = torch.nonzero(counts[inverse] > 1)[:, 0].tolist()
+            raise ValueError(
+                f"EquiformerV2: atoms {dup[:10]} are less than {2 * OVERLAP_DISTANCE:g} A apart "
+                f"(overlapping or duplicated atoms); check the input structure"
+            )
+
+
 def compute_edges(model, data) -> tuple[torch.Tensor, torch.Tensor]:
     """``(edge_index [2, E], edge_vec [E, 3])`` with ``edge_vec = pos[src] - pos[tgt] + offset``.
 
-    Uses the batch's own graph when ``model.otf_graph`` is False and it has one;
-    otherwise builds a radius graph with fairchem's neighbour search (the only
-    place the core model calls into fairchem, imported lazily).
+    With fairchem installed, its own graph code decides (on-the-fly radius graph
+    or the batch's stored one), so the edges and their vectors are exactly the
+    ones fairchem's models see. Without fairchem, a batch that carries its graph
+    (``edge_index``, and ``cell_offsets`` for periodic systems) is used as is.
     """
-    has_graph = getattr(data, "edge_index", None) is not None
-    if not model.otf_graph and has_graph:
-        edge_index = data.edge_index
-        src, tgt = edge_index
-        edge_vec = data.pos[src] - data.pos[tgt]
-        if model.use_pbc:
-            offsets = getattr(data, "cell_offsets", None)
-            if offsets is None:
-                raise ValueError("EquiformerV2: otf_graph=False with use_pbc=True needs cell_offsets in the batch")
-            cell = data.cell[data.batch[src]]  # [E, 3, 3]
-            edge_vec = edge_vec + torch.bmm(offsets.to(cell.dtype)[:, None, :], cell)[:, 0]
-        return edge_index, edge_vec
-    from eqv2_plugin.integration.graph import radius_graph_edges
-
-    return radius_graph_edges(model, data)
+    try:
+        from eqv2_plugin.integration.graph import fairchem_edges
+    except ImportError:
+        fairchem_edges = None
+    if fairchem_edges is not None:
+        return fairchem_edges(model, data)
+    if getattr(data, "edge_index", None) is None:
+        raise ValueError(
+            "EquiformerV2: the batch has no edge_index and fairchem-core (which builds radius graphs "
+            "on the fly) is not installed; install fairchem-core or precompute the graph"
+        )
+    edge_index = data.edge_index
+    src, tgt = edge_index
+    edge_vec = data.pos[src] - data.pos[tgt]
+    if model.use_pbc:
+        offsets = getattr(data, "cell_offsets", None)
+        if offsets is None:
+            raise ValueError("EquiformerV2: a precomputed periodic graph needs cell_offsets in the batch")
+        cell = data.cell[data.batch[src]]  # [E, 3, 3]
+        edge_vec = edge_vec + torch.bmm(offsets.to(cell.dtype)[:, None, :], cell)[:, 0]
+    return edge_index, edge_vec

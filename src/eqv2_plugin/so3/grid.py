@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import torch
 
+from eqv2_plugin.so3._float64 import float64_default
 from eqv2_plugin.so3.layout import degree_of_node_coefficients, truncation_rescale
 
 
@@ -34,12 +35,13 @@ def _grid_matrices_cpu64(lmax: int, mmax: int, resolution: int | None):
 
     lat, lon = grid_shape(lmax, mmax, resolution)
     n = (lmax + 1) ** 2
-    to_grid = ToS2Grid(lmax, (lat, lon), normalization="component", dtype=torch.float64)
-    from_grid = FromS2Grid((lat, lon), lmax, normalization="component", dtype=torch.float64)
-    eye = torch.eye(n, dtype=torch.float64)
-    to_mat = to_grid(eye).reshape(n, lat * lon).t().contiguous()  # [G, n]
-    deltas = torch.eye(lat * lon, dtype=torch.float64).reshape(lat * lon, lat, lon)
-    from_mat = from_grid(deltas).t().contiguous()  # [n, G]
+    with float64_default():
+        to_grid = ToS2Grid(lmax, (lat, lon), normalization="component", dtype=torch.float64)
+        from_grid = FromS2Grid((lat, lon), lmax, normalization="component", dtype=torch.float64)
+        eye = torch.eye(n, dtype=torch.float64)
+        to_mat = to_grid(eye).reshape(n, lat * lon).t().contiguous()  # [G, n]
+        deltas = torch.eye(lat * lon, dtype=torch.float64).reshape(lat * lon, lat, lon)
+        from_mat = from_grid(deltas).t().contiguous()  # [n, G]
     scale = torch.tensor(
         [truncation_rescale(int(l), mmax) for l in degree_of_node_coefficients(lmax)],
         dtype=torch.float64,

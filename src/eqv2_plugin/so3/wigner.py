@@ -17,6 +17,8 @@ from functools import lru_cache
 
 import torch
 
+from eqv2_plugin.so3._float64 import float64_default
+
 MAX_SUPPORTED_LMAX = 12
 
 
@@ -25,7 +27,8 @@ def _coupling_cpu64(l: int) -> torch.Tensor:
     """``[2l-1, 3, 2l+1]`` float64: orthonormal coupling (l-1) x 1 -> l."""
     from e3nn import o3
 
-    c = o3.wigner_3j(l - 1, 1, l, dtype=torch.float64)
+    with float64_default():
+        c = o3.wigner_3j(l - 1, 1, l, dtype=torch.float64)
     return c * math.sqrt(2 * l + 1)
 
 
