@@ -103,3 +103,14 @@ def test_activation_checkpointing_gives_the_same_gradients(batch_atoms):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize(
+    "variant", [{}, {"use_m_share_rad": True}, {"share_atom_edge_embedding": True}, {"load_energy_lin_ref": True}]
+)
+def test_parameters_are_registered_in_the_reference_order(variant):
+    """fairchem's EMA state is an ordered list of parameters: the order must be the same."""
+    cfg = {**CFG, **variant}
+    ref = reference_monolithic(cfg)
+    ours = eqv2_plugin.EquiformerV2(**cfg)
+    assert [ckpt.from_reference_key(n) for n, _ in ref.named_parameters()] == [n for n, _ in ours.named_parameters()]

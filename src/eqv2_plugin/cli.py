@@ -20,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     from eqv2_plugin.data.cli import register as register_data
+    from eqv2_plugin.integration.cli import register as register_checkpoints
 
     register_data(sub)
+    register_checkpoints(sub)
     return parser
 
 

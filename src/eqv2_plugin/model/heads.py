@@ -54,9 +54,8 @@ def gradient_forces(energy: torch.Tensor, pos: torch.Tensor, training: bool) -> 
     """``-dE/dpos [N, 3]``; keeps the graph for a second derivative while training."""
     if not pos.requires_grad:
         raise RuntimeError("EquiformerV2: gradient forces need pos.requires_grad (set before building the graph)")
-    (grad,) = torch.autograd.grad(
-        energy.sum(), pos, create_graph=training, allow_unused=True
-    )
+    with torch.enable_grad():  # also under the trainers' torch.no_grad() (validate / predict)
+        (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=training, allow_unused=True)
     if grad is None:  # no edge and no dependence on positions
         return torch.zeros_like(pos)
     return -grad

@@ -74,14 +74,14 @@ def compute_edges(model, data) -> tuple[torch.Tensor, torch.Tensor]:
     """
     try:
         from eqv2_plugin.integration.graph import fairchem_edges
-    except ImportError:
-        fairchem_edges = None
-    if fairchem_edges is not None:
+    except ImportError as exc:
+        missing = exc
+    else:
         return fairchem_edges(model, data)
     if getattr(data, "edge_index", None) is None:
         raise ValueError(
-            "EquiformerV2: the batch has no edge_index and fairchem-core (which builds radius graphs "
-            "on the fly) is not installed; install fairchem-core or precompute the graph"
+            "EquiformerV2: the batch has no edge_index and fairchem-core, which builds radius graphs "
+            f"on the fly, cannot be imported ({missing}); install it or precompute the graph"
         )
     edge_index = data.edge_index
     src, tgt = edge_index
