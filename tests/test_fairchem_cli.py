@@ -234,3 +234,42 @@ def test_mismatched_checkpoint_names_the_keys(trained, data, work):
                          str(trained["checkpoints"] / "best_checkpoint.pt")], cwd=work, timeout=300)
     assert proc.returncode != 0
     assert "blocks.1." in proc.stderr
+
+
+GATE_MODEL = {**TINY_MODEL, "use_gate_act": True, "use_grid_mlp": False}  # exactly invariant to the edge roll
+
+
+def _predict(work: Path, cfg: dict, identifier: str, checkpoint: Path) -> dict:
+    config = write_config(work / f"{identifier}.yml", cfg)
+    check(run_fairchem(["--mode", "predict", "--config-yml", str(config), "--cpu", "--run-dir", str(work),
+                        "--identifier", identifier, "--checkpoint", str(checkpoint)], cwd=work))
+    return dict(np.load(run_dir_files(work, identifier)["results"] / "s2ef_predictions.npz"))
+
+
+def test_reference_checkpoints_work_with_our_model_and_convert_both_ways(data, work):
+    fp32 = {"outputs": {"energy": {"prediction_dtype": "float32"}, "forces": {"prediction_dtype": "float32"}}}
+    ref_cfg = s2ef_config(data, {"name": "equiformer_v2", **GATE_MODEL}, optim={"max_epochs": 1, "eval_every": 12}, **fp32)
+    ref_ckpt = _train(work, ref_cfg, "refmodel")["checkpoints"] / "best_checkpoint.pt"
+    ours_cfg = deep_update(ref_cfg, {"model": {"name": "eqv2_plugin.EquiformerV2"}})
+
+    expected = _predict(work, ref_cfg, "ref_pred", ref_ckpt)
+    direct = _predict(work, ours_cfg, "ours_on_ref_ckpt", ref_ckpt)  # fairchem's file, our model
+
+    converted = work / "converted.pt"
+    out = subprocess.run([str(Path(sys.executable).with_name("eqv2-plugin")), "convert-checkpoint",
+                          str(ref_ckpt), str(converted)], capture_output=True, text=True, check=True)
+    assert "to-plugin" in out.stdout
+    ckpt = torch.load(converted, map_location="cpu", weights_only=False)
+    assert ckpt["config"]["model"]["name"] == "eqv2_plugin.EquiformerV2"
+    via_converted = _predict(work, deep_update(ours_cfg, {"model": ckpt["config"]["model"]}), "ours_converted", converted)
+
+    back = work / "back.pt"
+    subprocess.run([str(Path(sys.executable).with_name("eqv2-plugin")), "convert-checkpoint", str(converted),
+                    str(back)], capture_output=True, text=True, check=True)
+    round_trip = _predict(work, ref_cfg, "ref_round_trip", back)
+
+    for preds in (direct, via_converted, round_trip):
+        assert list(preds["ids"]) == list(expected["ids"])
+        np.testing.assert_allclose(preds["energy"], expected["energy"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(preds["forces"], expected["forces"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(round_trip["forces"], expected["forces"])  # same model, same weights

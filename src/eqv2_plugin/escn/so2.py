@@ -65,26 +65,34 @@ class SO2Convolution(nn.Module):
         E = x.shape[0]
         L, M = self.layout.lmax, self.layout.mmax
         c_in, c_out = self.in_channels, self.out_channels
-        weights = self.radial(edge_scalars) if self.radial is not None else None
+        sizes = [self.layout.m_size(m) for m in range(M + 1)]
+        # one split per tensor: its backward is a single concatenation, where slicing
+        # would allocate and zero-fill a full-size gradient per slice
+        blocks = torch.split(x, [sizes[0]] + [2 * n for n in sizes[1:]], dim=1)
+        if self.radial is not None:
+            weights = torch.split(self.radial(edge_scalars), [n * c_in for n in sizes], dim=1)
+        else:
+            weights = None
 
-        x0 = x[:, : L + 1].reshape(E, (L + 1) * c_in)
+        x0 = blocks[0].reshape(E, (L + 1) * c_in)
         if weights is not None:
-            x0 = x0 * weights[:, : (L + 1) * c_in]
+            x0 = x0 * weights[0]
         y0 = self.m0_linear(x0)
-        extra = y0[:, : self.extra_m0_outputs] if self.extra_m0_outputs else None
-        out = [y0[:, self.extra_m0_outputs :].reshape(E, L + 1, c_out)]
+        if self.extra_m0_outputs:
+            extra, y0 = torch.split(y0, [self.extra_m0_outputs, (L + 1) * c_out], dim=1)
+        else:
+            extra = None
+        out = [y0.reshape(E, L + 1, c_out)]
 
-        w_offset = (L + 1) * c_in
         for m in range(1, M + 1):
-            n = self.layout.m_size(m)
-            start = self.layout.m_offset(m)
-            xm = x[:, start : start + 2 * n].reshape(E, 2, n * c_in)
+            n = sizes[m]
+            xm = blocks[m].reshape(E, 2, n * c_in)
             if weights is not None:
-                xm = xm * weights[:, None, w_offset : w_offset + n * c_in]
-            w_offset += n * c_in
-            ym = self.m_linears[m - 1](xm)  # [E, 2, 2 n c_out]
-            yr, yi = ym[..., : n * c_out], ym[..., n * c_out :]
-            plus = yr[:, 0] - yi[:, 1]
-            minus = yr[:, 1] + yi[:, 0]
+                xm = xm * weights[m][:, None, :]
+            ym = self.m_linears[m - 1](xm).reshape(E, 2, 2, n * c_out)  # [edge, +/-m, real/imag, .]
+            (r_plus, i_plus), (r_minus, i_minus) = ym.unbind(1)[0].unbind(1), ym.unbind(1)[1].unbind(1)
+            # complex multiplication: (+m, -m) are the real and imaginary parts
+            plus = r_plus - i_minus
+            minus = r_minus + i_plus
             out.append(torch.stack([plus, minus], dim=1).reshape(E, 2 * n, c_out))
         return torch.cat(out, dim=1), extra

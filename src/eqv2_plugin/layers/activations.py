@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eqv2_plugin.escn.grid_activation import grid_silu
+
 
 class SmoothLeakyReLU(nn.Module):
     """``x (1+a)/2 + x (1-a)/2 (2 sigmoid(x) - 1)``: a smooth leaky ReLU (a = 0.2)."""
@@ -55,8 +57,8 @@ class S2Activation(nn.Module):
         self.register_buffer("from_grid", from_grid.to(dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid = torch.matmul(self.to_grid.to(x.dtype), x)
-        return torch.matmul(self.from_grid.to(x.dtype), F.silu(grid))
+        # chunked over rows, grid recomputed in the backward pass (no [*, G, C] tensor is kept)
+        return grid_silu(x, self.to_grid, self.from_grid)
 
 
 class SeparableS2Activation(nn.Module):

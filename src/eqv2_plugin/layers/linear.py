@@ -23,9 +23,9 @@ class DegreeWiseLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = []
-        for l in range(self.lmax + 1):
-            out.append(torch.matmul(x[:, l * l : (l + 1) ** 2], self.weight[l].t()))
+        blocks = torch.split(x, [2 * l + 1 for l in range(self.lmax + 1)], dim=1)
+        weights = self.weight.unbind(0)
+        out = [torch.matmul(b, w.t()) for b, w in zip(blocks, weights)]
         out[0] = out[0] + self.bias
         return torch.cat(out, dim=1)
 

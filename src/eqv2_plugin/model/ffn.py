@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from eqv2_plugin.layers.activations import GateActivation, S2Activation, SeparableS2Activation
 from eqv2_plugin.layers.linear import DegreeWiseLinear
 from eqv2_plugin.so3.grid import s2_grid_matrices
 from eqv2_plugin.so3.layout import degree_of_node_coefficients
+
+# nodes per chunk of the grid MLP (G * GRID_CHUNK * F floats live at a time)
+GRID_CHUNK = 128
 
 
 class FeedForward(nn.Module):
@@ -61,12 +65,24 @@ class FeedForward(nn.Module):
             self.act = S2Activation(*s2_grid_matrices(lmax, lmax, grid_resolution))
         self.lin_out = DegreeWiseLinear(hidden_channels, out_channels, lmax)
 
+    def _grid_mlp(self, h: torch.Tensor) -> torch.Tensor:
+        """``[R, (L+1)^2, F]`` -> grid ``[R, G, F]`` -> pointwise MLP -> back."""
+        return torch.matmul(self.from_grid.to(h.dtype), self.grid_mlp(torch.matmul(self.to_grid.to(h.dtype), h)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = x[:, 0]
         h = self.lin_in(x)
         if self.use_grid_mlp:
-            grid = torch.matmul(self.to_grid.to(h.dtype), h)  # [N, G, F]
-            h = torch.matmul(self.from_grid.to(h.dtype), self.grid_mlp(grid))
+            # chunks of nodes; while training, each chunk's grid is recomputed in the backward
+            # pass rather than stored (the grid is G = 324 times larger than the coefficients)
+            parts = []
+            for s in range(0, h.shape[0], GRID_CHUNK):
+                chunk = h[s : s + GRID_CHUNK]
+                if torch.is_grad_enabled() and chunk.requires_grad:
+                    parts.append(checkpoint(self._grid_mlp, chunk, use_reentrant=False))
+                else:
+                    parts.append(self._grid_mlp(chunk))
+            h = torch.cat(parts) if len(parts) != 1 else parts[0]
             if self.scalar_mlp is not None:
                 h = torch.cat([self.scalar_mlp(x0).unsqueeze(1), h[:, 1:]], dim=1)
         elif self.gate_linear is not None:
