@@ -41,3 +41,26 @@ class RadialMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+def atom_pair_embeddings(num_elements: int, channels: int) -> tuple[nn.Embedding, nn.Embedding]:
+    """Source and target atom-type embeddings appended to the edge scalars of one
+    radial function (initialised U(+-0.001), so that they start as a small perturbation)."""
+    pair = (nn.Embedding(num_elements, channels), nn.Embedding(num_elements, channels))
+    for emb in pair:
+        nn.init.uniform_(emb.weight, -0.001, 0.001)
+    return pair
+
+
+def with_atom_pair(
+    edge_scalars: torch.Tensor,
+    atomic_numbers: torch.Tensor,
+    edge_index: torch.Tensor,
+    src_embedding: nn.Embedding,
+    tgt_embedding: nn.Embedding,
+) -> torch.Tensor:
+    """``[E, D] -> [E, D + 2 channels]``: the edge scalars with both atoms' embeddings."""
+    return torch.cat(
+        [edge_scalars, src_embedding(atomic_numbers[edge_index[0]]), tgt_embedding(atomic_numbers[edge_index[1]])],
+        dim=1,
+    )

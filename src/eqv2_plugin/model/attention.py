@@ -11,7 +11,7 @@ from torch import nn
 from eqv2_plugin.escn.so2 import SO2Convolution
 from eqv2_plugin.layers.activations import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU
 from eqv2_plugin.layers.linear import DegreeWiseLinear
-from eqv2_plugin.layers.radial import RadialMLP
+from eqv2_plugin.layers.radial import RadialMLP, atom_pair_embeddings, with_atom_pair
 from eqv2_plugin.model.graph import EdgeGraph, segment_softmax
 from eqv2_plugin.so3.grid import s2_grid_matrices
 from eqv2_plugin.so3.layout import EdgeLayout, degree_of_node_coefficients
@@ -57,10 +57,7 @@ class EdgeAttention(nn.Module):
         self.use_m_share_rad = use_m_share_rad
         radial_channels = list(edge_channels_list)
         if use_atom_edge_embedding:
-            self.src_embedding = nn.Embedding(max_num_elements, radial_channels[-1])
-            self.tgt_embedding = nn.Embedding(max_num_elements, radial_channels[-1])
-            nn.init.uniform_(self.src_embedding.weight, -0.001, 0.001)
-            nn.init.uniform_(self.tgt_embedding.weight, -0.001, 0.001)
+            self.src_embedding, self.tgt_embedding = atom_pair_embeddings(max_num_elements, radial_channels[-1])
             radial_channels[0] += 2 * radial_channels[-1]
         else:
             self.src_embedding = self.tgt_embedding = None
@@ -101,9 +98,8 @@ class EdgeAttention(nn.Module):
         """``[E, D]`` invariant inputs of the radial functions."""
         if self.src_embedding is None:
             return graph.edge_scalars
-        z = graph.atomic_numbers
-        return torch.cat(
-            [graph.edge_scalars, self.src_embedding(z[graph.source]), self.tgt_embedding(z[graph.target])], dim=1
+        return with_atom_pair(
+            graph.edge_scalars, graph.atomic_numbers, graph.edge_index, self.src_embedding, self.tgt_embedding
         )
 
     def forward(self, x: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:

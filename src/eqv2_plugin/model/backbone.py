@@ -10,7 +10,7 @@ import eqv2_plugin.so3 as so3
 from eqv2_plugin.escn.rotation import EdgeRotation
 from eqv2_plugin.layers.linear import DegreeWiseLinear
 from eqv2_plugin.layers.norms import make_norm
-from eqv2_plugin.layers.radial import GaussianBasis, RadialMLP
+from eqv2_plugin.layers.radial import GaussianBasis, RadialMLP, with_atom_pair
 from eqv2_plugin.model.attention import EdgeAttention
 from eqv2_plugin.model.block import TransformerBlock
 from eqv2_plugin.model.config import AVG_DEGREE, AVG_NUM_NODES, validate_config
@@ -187,10 +187,7 @@ class EquiformerV2Backbone(nn.Module):
         rotation = EdgeRotation(frames, self.layout)
         edge_scalars = self.distance_basis(dist)
         if self.src_embedding is not None:
-            z = atomic_numbers
-            edge_scalars = torch.cat(
-                [edge_scalars, self.src_embedding(z[edge_index[0]]), self.tgt_embedding(z[edge_index[1]])], dim=1
-            )
+            edge_scalars = with_atom_pair(edge_scalars, atomic_numbers, edge_index, self.src_embedding, self.tgt_embedding)
         return EdgeGraph(
             edge_index=edge_index, edge_vec=edge_vec, edge_scalars=edge_scalars, rotation=rotation,
             atomic_numbers=atomic_numbers, batch=data.batch, num_graphs=int(data.natoms.shape[0]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eqv2_plugin.layers.radial import RadialMLP
+from eqv2_plugin.layers.radial import RadialMLP, atom_pair_embeddings, with_atom_pair
 from eqv2_plugin.model.graph import EdgeGraph
 
 
@@ -30,10 +30,7 @@ class EdgeDegreeEmbedding(nn.Module):
         self.channels, self.lmax, self.avg_degree = channels, lmax, avg_degree
         radial_channels = list(edge_channels_list)
         if use_atom_edge_embedding:
-            self.src_embedding = nn.Embedding(max_num_elements, radial_channels[-1])
-            self.tgt_embedding = nn.Embedding(max_num_elements, radial_channels[-1])
-            nn.init.uniform_(self.src_embedding.weight, -0.001, 0.001)
-            nn.init.uniform_(self.tgt_embedding.weight, -0.001, 0.001)
+            self.src_embedding, self.tgt_embedding = atom_pair_embeddings(max_num_elements, radial_channels[-1])
             radial_channels[0] += 2 * radial_channels[-1]
         else:
             self.src_embedding = self.tgt_embedding = None
@@ -42,8 +39,9 @@ class EdgeDegreeEmbedding(nn.Module):
     def forward(self, graph: EdgeGraph) -> torch.Tensor:
         edge_in = graph.edge_scalars
         if self.src_embedding is not None:
-            z = graph.atomic_numbers
-            edge_in = torch.cat([edge_in, self.src_embedding(z[graph.source]), self.tgt_embedding(z[graph.target])], 1)
+            edge_in = with_atom_pair(
+                edge_in, graph.atomic_numbers, graph.edge_index, self.src_embedding, self.tgt_embedding
+            )
         m0 = self.radial(edge_in).reshape(-1, self.lmax + 1, self.channels)
         per_edge = graph.rotation.from_edge_m0(m0)  # [E, (L+1)^2, C]
         out = per_edge.new_zeros(graph.num_nodes, per_edge.shape[1], self.channels)
