@@ -273,3 +273,20 @@ def test_reference_checkpoints_work_with_our_model_and_convert_both_ways(data, w
         np.testing.assert_allclose(preds["energy"], expected["energy"], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(preds["forces"], expected["forces"], rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(round_trip["forces"], expected["forces"])  # same model, same weights
+
+    # fairchem's ASE calculator: the converted file builds our model, the original fairchem's
+    from fairchem.core.common.relaxation.ase_utils import OCPCalculator
+
+    from _systems import oc20_like_atoms
+
+    atoms = oc20_like_atoms(1, seed=30)[0]
+    energies = []
+    for path in (ref_ckpt, converted):
+        calc = OCPCalculator(checkpoint_path=str(path), trainer="equiformerv2_forces", cpu=True, seed=0)
+        assert type(calc.trainer._unwrapped_model).__module__.startswith(
+            "fairchem" if path == ref_ckpt else "eqv2_plugin")
+        a = atoms.copy()
+        a.calc = calc
+        energies.append((a.get_potential_energy(), a.get_forces()))
+    assert energies[1][0] == pytest.approx(energies[0][0], rel=1e-5)
+    np.testing.assert_allclose(energies[1][1], energies[0][1], rtol=1e-4, atol=1e-6)

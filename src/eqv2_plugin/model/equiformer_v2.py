@@ -66,7 +66,9 @@ class EquiformerV2(EquiformerV2Backbone):
         with _grad_for_forces(self):
             emb = self.embed(data)
             x, graph = emb["node_embedding"], emb["graph"]
-            energy = self.energy_head(x, graph, data.natoms)
+            with _heads_in_fp32(x):
+                x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+                energy = self.energy_head(x, graph, data.natoms)
         if self.use_energy_lin_ref:
             with torch.autocast("cuda", enabled=False):
                 energy = energy.to(self.energy_lin_ref.dtype).index_add(
@@ -75,7 +77,8 @@ class EquiformerV2(EquiformerV2Backbone):
         out = {"energy": energy}
         if self.regress_forces:
             if self.direct_forces:
-                out["forces"] = self.force_head(x, graph)
+                with _heads_in_fp32(x):
+                    out["forces"] = self.force_head(x, graph)
             else:
                 out["forces"] = gradient_forces(energy, data.pos, self.training)
         return out
@@ -136,6 +139,13 @@ class EquiformerV2ForceHead(DirectForceHead):
                 "name the hydra heads 'energy' and 'forces' (fairchem runs them in name order)"
             )
         return {self.output_name: gradient_forces(emb["energy_for_forces"], data.pos, self.training)}
+
+
+def _heads_in_fp32(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Under --amp the heads run in float32, as fairchem runs hydra heads (``use_amp`` False):
+    the energy is a sum over atoms and the forces a difference of large terms, both of which
+    lose too much in float16. The backbone keeps autocast (its norms are float32 already)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def _grad_for_forces(model) -> contextlib.AbstractContextManager:
