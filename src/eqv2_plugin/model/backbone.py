@@ -98,7 +98,6 @@ class EquiformerV2Backbone(nn.Module):
         for key in ("self", "__class__"):
             cfg.pop(key, None)
         lmax, mmax = validate_config(cfg)
-        self.config = cfg  # what the model was built with (for checkpoints and conversion)
 
         self.use_pbc, self.use_pbc_single, self.otf_graph = use_pbc, use_pbc_single, otf_graph
         self.regress_forces = regress_forces

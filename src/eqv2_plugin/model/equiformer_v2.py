@@ -11,7 +11,7 @@ from torch import nn
 from eqv2_plugin.model import checkpoint as ckpt
 from eqv2_plugin.model.backbone import EquiformerV2Backbone as _Backbone
 from eqv2_plugin.model.backbone import init_weights
-from eqv2_plugin.model.heads import DirectForceHead, EnergyHead, gradient_forces
+from eqv2_plugin.model.heads import DirectForceHead, EnergyHead, attention_forces, gradient_forces
 
 
 def _load_with_clear_errors(module: nn.Module, load, state_dict, strict: bool):
@@ -106,7 +106,7 @@ class EquiformerV2EnergyHead(EnergyHead):
         return {self.output_name: energy}
 
 
-class EquiformerV2ForceHead(DirectForceHead):
+class EquiformerV2ForceHead(nn.Module):
     """Hydra force head (fairchem's ``equiformerV2_vector_head``):
     ``forward(data, emb) -> {output_name: [N, 3]}``.
 
@@ -117,12 +117,12 @@ class EquiformerV2ForceHead(DirectForceHead):
     """
 
     def __init__(self, backbone, output_name: str = "forces"):
-        super().__init__(backbone)
+        super().__init__()
         self.output_name = output_name
         self.direct = backbone.direct_forces
-        if not self.direct:
-            del self.attention
-        else:
+        self.activation_checkpoint = backbone.activation_checkpoint
+        if self.direct:  # gradient forces have no parameters of their own
+            self.attention = backbone.make_attention(1, alpha_drop=0.0)
             init_weights(self, backbone.weight_init)
         self._register_load_state_dict_pre_hook(_hook(ckpt.FORCE_HEAD))
 
@@ -132,7 +132,8 @@ class EquiformerV2ForceHead(DirectForceHead):
 
     def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
         if self.direct:
-            return {self.output_name: super().forward(emb["node_embedding"], emb["graph"])}
+            forces = attention_forces(self.attention, emb["node_embedding"], emb["graph"], self.activation_checkpoint)
+            return {self.output_name: forces}
         if "energy_for_forces" not in emb:
             raise RuntimeError(
                 "EquiformerV2ForceHead: gradient forces need the energy head to run first; "

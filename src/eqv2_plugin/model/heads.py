@@ -43,11 +43,16 @@ class DirectForceHead(nn.Module):
         self.activation_checkpoint = backbone.activation_checkpoint
 
     def forward(self, node_embedding: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:
-        if self.activation_checkpoint and torch.is_grad_enabled():
-            out = torch.utils.checkpoint.checkpoint(self.attention, node_embedding, graph, use_reentrant=False)
-        else:
-            out = self.attention(node_embedding, graph)
-        return out[:, 1:4, 0]
+        return attention_forces(self.attention, node_embedding, graph, self.activation_checkpoint)
+
+
+def attention_forces(attention, node_embedding: torch.Tensor, graph: EdgeGraph, checkpointing: bool) -> torch.Tensor:
+    """``[N, 3]``: the l=1 coefficients of a one-channel attention output."""
+    if checkpointing and torch.is_grad_enabled():
+        out = torch.utils.checkpoint.checkpoint(attention, node_embedding, graph, use_reentrant=False)
+    else:
+        out = attention(node_embedding, graph)
+    return out[:, 1:4, 0]
 
 
 def gradient_forces(energy: torch.Tensor, pos: torch.Tensor, training: bool) -> torch.Tensor:
