@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Our EquiformerV2 against fairchem 1.10's (``equiformer_v2_deprecated.EquiformerV2``)
+with the same weights on the same OC20-like batch.
+
+For each config and mode, each implementation is measured in its own fresh process:
+
+* ``inference``: ``model.eval()``, ``torch.no_grad()``, energy + direct forces (what
+  fairchem's predict does; the reference turns autograd back on inside its forward);
+* ``train``: ``model.train()``, forward, loss = mean|E - E_t| + mean ||F - F_t||_2 (fixed
+  random targets), backward, AdamW step;
+
+median wall time of ``--reps`` runs after ``--warmup`` runs, and peak memory: on CPU the
+peak RSS of the worker process minus its peak RSS after model construction and batch
+building (``peak_mb``; the absolute peak is ``peak_abs_mb``); on CUDA
+``max_memory_allocated`` minus the allocation before the first run.
+
+Example::
+
+    .venv/bin/python benchmarks/bench_model.py --config 31M --reps 3 --out benchmarks/results_31M.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+MODES = ("inference", "train")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", nargs="+", default=["31M", "83M"], choices=sorted(C.CONFIGS),
+                   help="released configs to measure (default: 31M 83M)")
+    p.add_argument("--mode", default="both", choices=["inference", "train", "both"])
+    p.add_argument("--impl", default="both", choices=["ours", "ref", "both"])
+    p.add_argument("--skip-reference", action="store_true", help="same as --impl ours")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--systems", type=int, default=2, help="OC20-like systems in the batch (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the systems and of the weights")
+    p.add_argument("--reps", type=int, default=3, help="timed runs (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in the workers")
+    p.add_argument("--amp", action="store_true", help="CUDA only: fp16 autocast for both implementations")
+    p.add_argument("--backend", default=None,
+                   help="our model's kernel_backend (passed only if its constructor accepts it)")
+    p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
+    p.add_argument("--mem-limit-gb", type=float, default=None,
+                   help="CPU workers: address-space cap (default 0.9 x MemAvailable + 2 GB; 0 = none)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="CPU: timed runs during which other processes used >15%% of the CPUs are redone "
+                        "(after waiting for an idle machine) up to this many times per measurement "
+                        "(default 2 x reps; 0 = keep every run)")
+    p.add_argument("--wait-idle", type=float, default=None,
+                   help="before each CPU measurement wait up to this many seconds for the machine to be "
+                        "<25%% busy (default 300 on cpu, 0 on cuda)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.skip_reference:
+        args.impl = "ours"
+    if args.amp and args.device != "cuda":
+        p.error("--amp needs --device cuda")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return C.worker_main(*args.worker)
+
+    impls = ["ref", "ours"] if args.impl == "both" else [args.impl]
+    modes = list(MODES) if args.mode == "both" else [args.mode]
+    wait_idle = args.wait_idle if args.wait_idle is not None else (300.0 if args.device == "cpu" else 0.0)
+    max_retries = args.max_retries if args.max_retries is not None else 2 * args.reps
+    mem_limit = args.mem_limit_gb if args.mem_limit_gb is not None else C.default_mem_limit_gb()
+    machine = C.machine_info(args.device, args.threads)
+    print(f"machine: {machine['cpu_model']}, {machine['logical_cpus']} logical CPUs, "
+          f"{machine['mem_total_gb']} GB RAM, torch {machine.get('torch')} "
+          f"(threads {machine.get('torch_threads')}), fairchem-core {machine.get('fairchem_core')}"
+          + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
+          + f"; code {machine['code'].get('commit')}"
+          + (f" + uncommitted src changes {machine['code'].get('src_diff_sha1')}"
+             if machine['code'].get('src_dirty') else ""), flush=True)
+    print(f"batch: {args.systems} OC20-like systems (seed {args.seed}); device {args.device}; "
+          f"reps {args.reps} after {args.warmup} warm-up; amp {args.amp}; "
+          f"CPU worker address-space cap {mem_limit or 'none'} GB", flush=True)
+
+    results = []
+    t_start = time.time()
+    for name in args.config:
+        cfg = dict(C.CONFIGS[name])
+        if args.layers:
+            cfg["num_layers"] = args.layers
+        label = name if not args.layers else f"{name}/{args.layers}L"
+        for mode in modes:
+            row = {"config": label, "mode": mode, "cfg": cfg}
+            for impl in impls:
+                spec = dict(
+                    impl=impl, cfg=cfg, label=label, mode=mode, device=args.device, seed=args.seed,
+                    systems={"kind": "oc20", "count": args.systems, "seed": args.seed},
+                    reps=args.reps, warmup=args.warmup, threads=args.threads, amp=args.amp,
+                    backend=args.backend, mem_limit_gb=mem_limit if args.device == "cpu" else None,
+                    wait_idle=wait_idle, max_retries=max_retries,
+                )
+                print(f"== {label} {mode} {impl} ...", flush=True)
+                r = C.run_measurement(os.path.abspath(__file__), spec, timeout=args.timeout,
+                                      wait_idle=wait_idle)
+                row[impl] = r
+                if r.get("code") and r["code"] != machine["code"]:
+                    print(f"   note: the model code changed since the start: {r['code']}", flush=True)
+                if r["status"] == "ok":
+                    print(f"   {impl}: median {r['median_s']:.3f} s, peak +{r['peak_mb']:.0f} MB "
+                          f"(abs {r['peak_abs_mb']:.0f} MB), {r['atoms']} atoms, {r['edges']} edges, "
+                          f"threads {r['threads']}", flush=True)
+                else:
+                    print(f"   {impl}: {r['status']}: {r.get('error', '')[:500]}", flush=True)
+            ref, ours = row.get("ref"), row.get("ours")
+            if ref and ours and ref.get("status") == ours.get("status") == "ok" and mode == "inference":
+                e_r, e_o = ref["sample"]["energy"], ours["sample"]["energy"]
+                row["energy_max_abs_diff"] = max(abs(a - b) for a, b in zip(e_r, e_o))
+                row["forces_rms_ref_ours"] = [ref["sample"]["forces_rms"], ours["sample"]["forces_rms"]]
+            results.append(row)
+
+    header = ["config", "mode", "atoms", "edges", "ref s", "ours s", "speed-up (ref/ours)",
+              "ref peak MB", "ours peak MB", "mem ratio (ours/ref)", "ref abs MB", "ours abs MB"]
+    rows = []
+    for row in results:
+        ref, ours = row.get("ref"), row.get("ours")
+        any_ok = next((r for r in (ref, ours) if r and r.get("status") == "ok"), {})
+        rows.append([
+            row["config"], row["mode"], any_ok.get("atoms", "-"), any_ok.get("edges", "-"),
+            C.fmt_time(ref), C.fmt_time(ours), C.ratio(ref, ours, "median_s"),
+            C.fmt_mb(ref), C.fmt_mb(ours), C.ratio(ours, ref, "peak_mb"),
+            C.fmt_mb(ref, "peak_abs_mb"), C.fmt_mb(ours, "peak_abs_mb"),
+        ])
+    print()
+    print(f"Machine: {machine['cpu_model']}; cores used (torch threads) {machine.get('torch_threads')} of "
+          f"{machine['logical_cpus']} logical CPUs; {machine['mem_total_gb']} GB RAM; torch {machine.get('torch')}; "
+          f"fairchem-core {machine.get('fairchem_core')}; device {args.device}"
+          + (f" ({machine['gpu']})" if "gpu" in machine else ""))
+    print(f"Code: commit {machine['code'].get('commit')}"
+          + (f" + uncommitted src changes {machine['code'].get('src_diff_sha1')}" if machine['code'].get('src_dirty')
+             else " (clean src)"))
+    print(f"Batch: {args.systems} OC20-like systems, float32, reps {args.reps} (median) after {args.warmup} warm-up"
+          + (", AMP fp16" if args.amp else ""))
+    print("peak MB = peak memory of the measurement minus the peak after model + batch construction "
+          + ("(CUDA max_memory_allocated)" if args.device == "cuda" else "(process peak RSS)")
+          + "; abs MB = absolute peak")
+    print(C.markdown_table(header, rows))
+    if args.device == "cpu":
+        print()
+        print("Process CPU time (user+system) per call, median; 'others' = median share of the CPUs used by "
+              "other processes during the kept timed runs (kept runs still contended, contended runs redone):")
+        rows = []
+        for row in results:
+            ref, ours = row.get("ref"), row.get("ours")
+            rows.append([row["config"], row["mode"], C.fmt_cpu(ref), C.fmt_cpu(ours),
+                         C.ratio(ref, ours, "median_cpu_s"), C.fmt_contention(ref), C.fmt_contention(ours)])
+        print(C.markdown_table(["config", "mode", "ref cpu s", "ours cpu s", "cpu ratio (ref/ours)", "ref others",
+                                "ours others"], rows))
+    for row in results:
+        if "energy_max_abs_diff" in row:
+            print(f"sanity {row['config']}: max |E_ref - E_ours| = {row['energy_max_abs_diff']:.3e} eV, "
+                  f"forces rms ref/ours = {row['forces_rms_ref_ours'][0]:.4e} / {row['forces_rms_ref_ours'][1]:.4e} "
+                  "(random edge frames in both: small differences expected)")
+    print(f"total wall time {time.time() - t_start:.0f} s")
+
+    if args.out:
+        payload = {"machine": machine, "args": {k: v for k, v in vars(args).items() if k != "worker"},
+                   "results": results}
+        with open(args.out, "w") as fh:
+            json.dump(payload, fh, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
