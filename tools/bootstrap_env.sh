@@ -24,7 +24,7 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
 fi
 
 start=$(date +%s)
-echo "[env] building $VENV (key $KEY); the first build takes 15-25 minutes"
+echo "[env] building $VENV (key $KEY); a first build takes about 15 minutes (compiling torch_scatter/torch_sparse), later ones a few"
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
