@@ -114,3 +114,36 @@ def test_parameters_are_registered_in_the_reference_order(variant):
     ref = reference_monolithic(cfg)
     ours = eqv2_plugin.EquiformerV2(**cfg)
     assert [ckpt.from_reference_key(n) for n, _ in ref.named_parameters()] == [n for n, _ in ours.named_parameters()]
+
+
+def test_convert_checkpoint_rejects_bad_input_with_clear_messages(tmp_path, capsys):
+    from eqv2_plugin.cli import main
+
+    assert main(["convert-checkpoint", str(tmp_path / "missing.pt"), str(tmp_path / "out.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    other = tmp_path / "gemnet.pt"
+    torch.save({"state_dict": {}, "config": {"model": {"name": "gemnet_oc"}}}, other)
+    assert main(["convert-checkpoint", str(other), str(tmp_path / "out.pt")]) == 2
+    assert "model.name='gemnet_oc' is not an EquiformerV2 checkpoint" in capsys.readouterr().err
+    assert main(["convert-checkpoint", str(other), str(other)]) == 2
+    assert "OUT must differ from IN" in capsys.readouterr().err
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_convert_checkpoint_in_process_round_trip(tmp_path):
+    """fairchem checkpoint dict -> ours -> fairchem: weights and buffers come back unchanged."""
+    from eqv2_plugin.integration.checkpoint_file import to_fairchem, to_plugin
+
+    ref = _reference()
+    model_cfg = {"name": "equiformer_v2", **CFG}
+    original = {"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()},
+                "config": {"model": model_cfg}, "ema": {"shadow_params": [p.detach().clone() for p in ref.parameters()]}}
+    ours = to_plugin(original)
+    assert ours["config"]["model"]["name"] == "eqv2_plugin.EquiformerV2"
+    model = eqv2_plugin.EquiformerV2(**CFG)
+    model.load_state_dict({k[len("module."):]: v for k, v in ours["state_dict"].items()})
+    back = to_fairchem(ours)
+    assert list(back["state_dict"]) == list(original["state_dict"])
+    for key, value in original["state_dict"].items():
+        assert torch.equal(back["state_dict"][key], value), key
+    assert back["ema"] is original["ema"]  # parameter order is shared: the EMA list carries over
