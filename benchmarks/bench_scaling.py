@@ -112,12 +112,21 @@ def plot(results, path, title):
         ax_m.plot(edges, [max(r["peak_mb"], 1e-3) for r in pts], **style)
         ax_m.plot(edges, [r["peak_abs_mb"] for r in pts], color=style["color"], linestyle=":", alpha=0.6,
                   label=style["label"] + " (absolute)")
+        for r in pts:
+            if r.get("contended_runs"):
+                ax_t.annotate("contended", (r["edges"], r["median_s"]), color=style["color"], fontsize=7,
+                              xytext=(4, -10), textcoords="offset points")
         for r in results:
             if r["impl"] == impl and r["status"] != "ok" and r.get("edges"):
                 ax_t.annotate(r["status"], (r["edges"], pts[-1]["median_s"]), color=style["color"], fontsize=8)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     for ax, ylabel in ((ax_t, "inference time per call (s)"), (ax_m, "peak memory above baseline (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("edges (radius graph)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
