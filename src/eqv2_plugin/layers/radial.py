@@ -43,13 +43,23 @@ class RadialMLP(nn.Module):
         return self.layers(x)
 
 
-def atom_pair_embeddings(num_elements: int, channels: int) -> tuple[nn.Embedding, nn.Embedding]:
-    """Source and target atom-type embeddings appended to the edge scalars of one
-    radial function (initialised U(+-0.001), so that they start as a small perturbation)."""
-    pair = (nn.Embedding(num_elements, channels), nn.Embedding(num_elements, channels))
+def atom_pair_embeddings(
+    edge_channels_list: list[int], num_elements: int, enabled: bool
+) -> tuple[list[int], nn.Embedding | None, nn.Embedding | None]:
+    """Source and target atom-type embeddings appended to the edge scalars of one radial
+    function (initialised U(+-0.001), so that they start as a small perturbation).
+
+    Returns the radial function's channel list (its input widened by both embeddings when
+    ``enabled``) and the two embeddings (None when not).
+    """
+    channels = list(edge_channels_list)
+    if not enabled:
+        return channels, None, None
+    pair = (nn.Embedding(num_elements, channels[-1]), nn.Embedding(num_elements, channels[-1]))
     for emb in pair:
         nn.init.uniform_(emb.weight, -0.001, 0.001)
-    return pair
+    channels[0] += 2 * channels[-1]
+    return channels, pair[0], pair[1]
 
 
 def with_atom_pair(

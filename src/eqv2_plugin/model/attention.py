@@ -55,12 +55,9 @@ class EdgeAttention(nn.Module):
         self.num_heads, self.alpha_channels, self.value_channels = num_heads, alpha_channels, value_channels
         self.use_gate_act, self.use_sep_s2_act = use_gate_act, use_sep_s2_act
         self.use_m_share_rad = use_m_share_rad
-        radial_channels = list(edge_channels_list)
-        if use_atom_edge_embedding:
-            self.src_embedding, self.tgt_embedding = atom_pair_embeddings(max_num_elements, radial_channels[-1])
-            radial_channels[0] += 2 * radial_channels[-1]
-        else:
-            self.src_embedding = self.tgt_embedding = None
+        radial_channels, self.src_embedding, self.tgt_embedding = atom_pair_embeddings(
+            edge_channels_list, max_num_elements, use_atom_edge_embedding
+        )
 
         if use_gate_act:
             num_act_scalars = L * hidden_channels

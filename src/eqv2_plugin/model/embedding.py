@@ -28,12 +28,9 @@ class EdgeDegreeEmbedding(nn.Module):
     ):
         super().__init__()
         self.channels, self.lmax, self.avg_degree = channels, lmax, avg_degree
-        radial_channels = list(edge_channels_list)
-        if use_atom_edge_embedding:
-            self.src_embedding, self.tgt_embedding = atom_pair_embeddings(max_num_elements, radial_channels[-1])
-            radial_channels[0] += 2 * radial_channels[-1]
-        else:
-            self.src_embedding = self.tgt_embedding = None
+        radial_channels, self.src_embedding, self.tgt_embedding = atom_pair_embeddings(
+            edge_channels_list, max_num_elements, use_atom_edge_embedding
+        )
         self.radial = RadialMLP([*radial_channels, (lmax + 1) * channels])
 
     def forward(self, graph: EdgeGraph) -> torch.Tensor:
