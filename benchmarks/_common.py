@@ -340,6 +340,31 @@ class _GraphOnly:
         return {"edge_index": edge_index}
 
 
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _cap_memory(limit_gb: float) -> float | None:
+    """Cap this process's address space so that its resident memory can grow to about
+    ``limit_gb`` GB: RLIMIT_AS = current virtual size + (limit - current RSS). Set after the
+    imports and model construction, whose virtual size (CUDA libraries, thread arenas)
+    is far above their RSS. A measurement that needs more fails with an allocation error
+    inside its own process (reported as OOM), instead of waking the kernel's OOM killer."""
+    import resource
+
+    try:
+        vm, rss = _proc_status_kb("VmSize") * 1024, _proc_status_kb("VmRSS") * 1024
+    except (OSError, KeyError):
+        return None
+    lim = int(vm + max(limit_gb * 1024**3 - rss, 0.5 * 1024**3))
+    resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+    return round(lim / 1024**3, 2)
+
+
 def _measure(spec: dict) -> dict:
     import gc
     import statistics
@@ -364,6 +389,8 @@ def _measure(spec: dict) -> dict:
     model = model.to(device)
     batch = batch.to(device)
     gc.collect()
+    if spec.get("mem_limit_gb") and not cuda:
+        info["address_space_cap_gb"] = _cap_memory(float(spec["mem_limit_gb"]))
 
     mode = spec["mode"]
     amp = bool(spec.get("amp")) and cuda
@@ -510,12 +537,6 @@ def worker_main(spec_path: str, out_path: str) -> int:
     """Entry of a worker process: run one measurement, write its JSON result."""
     with open(spec_path) as fh:
         spec = json.load(fh)
-    limit_gb = spec.get("mem_limit_gb")
-    if limit_gb and spec["device"] == "cpu":
-        import resource
-
-        lim = int(float(limit_gb) * 1024**3)
-        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     try:
         result = _measure(spec)
     except BaseException as exc:  # noqa: BLE001 - the parent reports it
@@ -532,11 +553,11 @@ def worker_main(spec_path: str, out_path: str) -> int:
 
 
 def default_mem_limit_gb() -> float | None:
-    """Address-space cap for CPU workers: 90% of the memory available now, so that a
-    runaway measurement fails inside its own process instead of waking the OOM killer
+    """Memory cap for CPU workers: 90% of the memory available now (see ``_cap_memory``), so
+    that a runaway measurement fails inside its own process instead of waking the OOM killer
     (which could pick another process on a shared machine)."""
     avail = mem_available_gb()
-    return None if avail is None else round(0.9 * avail + 2.0, 1)  # +2 GB: address space > RSS
+    return None if avail is None else round(0.9 * avail, 1)
 
 
 def cpu_busy_fraction(seconds: float = 2.0) -> float:

@@ -50,7 +50,7 @@ def parse_args(argv=None):
                    help="our model's kernel_backend (passed only if its constructor accepts it)")
     p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
     p.add_argument("--mem-limit-gb", type=float, default=None,
-                   help="CPU workers: address-space cap (default 0.9 x MemAvailable + 2 GB; 0 = none)")
+                   help="CPU workers: memory cap in GB (resident memory a worker may reach, enforced with RLIMIT_AS; default 0.9 x MemAvailable; 0 = none)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
     p.add_argument("--max-retries", type=int, default=None,
                    help="CPU: timed runs during which other processes used >15%% of the CPUs are redone "
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
              if machine['code'].get('src_dirty') else ""), flush=True)
     print(f"batch: {args.systems} OC20-like systems (seed {args.seed}); device {args.device}; "
           f"reps {args.reps} after {args.warmup} warm-up; amp {args.amp}; "
-          f"CPU worker address-space cap {mem_limit or 'none'} GB", flush=True)
+          f"CPU worker memory cap {mem_limit or 'none'} GB", flush=True)
 
     results = []
     t_start = time.time()

@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="CUDA only: fp16 autocast")
     p.add_argument("--backend", default=None, help="our model's kernel_backend, if it accepts one")
     p.add_argument("--mem-limit-gb", type=float, default=None,
-                   help="CPU workers: address-space cap (default 0.9 x MemAvailable + 2 GB; 0 = none)")
+                   help="CPU workers: memory cap in GB (resident memory a worker may reach, enforced with RLIMIT_AS; default 0.9 x MemAvailable; 0 = none)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
     p.add_argument("--max-retries", type=int, default=None,
                    help="CPU: timed runs during which other processes used >15%% of the CPUs are redone "
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
           + (f" + uncommitted src changes {machine['code'].get('src_diff_sha1')}"
              if machine['code'].get('src_dirty') else ""), flush=True)
     print(f"config {label}; base system {base_atoms} atoms (seed {args.seed}); repeats {repeats}; "
-          f"reference up to {args.max_ref_atoms} atoms; CPU worker cap {mem_limit or 'none'} GB", flush=True)
+          f"reference up to {args.max_ref_atoms} atoms; CPU worker memory cap {mem_limit or 'none'} GB", flush=True)
 
     results = []
     stopped = {}  # impl -> reason its larger sizes are skipped
