@@ -113,21 +113,11 @@ def atoms_for(systems: dict):
 
 def to_batch(atoms_list, dtype=None):
     """fairchem ``Batch`` of the systems (``otf_graph``: the models build the radius graph)."""
-    import numpy as np
     import torch
-    from fairchem.core.datasets import data_list_collater
-    from fairchem.core.preprocessing import AtomsToGraphs
 
-    dtype = dtype or torch.float32
-    a2g = AtomsToGraphs(r_energy=False, r_forces=False, r_edges=False, r_fixed=True)
-    data_list = []
-    for i, atoms in enumerate(atoms_list):
-        d = a2g.convert(atoms)
-        d.pos = torch.as_tensor(atoms.get_positions(wrap=False), dtype=dtype)
-        d.cell = torch.as_tensor(np.asarray(atoms.cell), dtype=dtype)[None]
-        d.sid = i
-        data_list.append(d)
-    return data_list_collater(data_list, otf_graph=True)
+    from eqv2_plugin.integration.batch import atoms_to_batch
+
+    return atoms_to_batch(atoms_list, dtype or torch.float32)
 
 
 def count_edges(batch, cfg: dict) -> int:
@@ -675,3 +665,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def machine_line(machine: dict) -> str:
+    """One printed line describing the machine and the code measured."""
+    code = machine["code"]
+    return (f"machine: {machine['cpu_model']}, {machine['logical_cpus']} logical CPUs, "
+            f"{machine['mem_total_gb']} GB RAM, torch {machine.get('torch')} "
+            f"(threads {machine.get('torch_threads')}), fairchem-core {machine.get('fairchem_core')}"
+            + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
+            + f"; code {code.get('commit')}"
+            + (f" + uncommitted src changes {code.get('src_diff_sha1')}" if code.get("src_dirty") else ""))

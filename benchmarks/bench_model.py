@@ -80,13 +80,7 @@ def main(argv=None) -> int:
     max_retries = args.max_retries if args.max_retries is not None else 2 * args.reps
     mem_limit = args.mem_limit_gb if args.mem_limit_gb is not None else C.default_mem_limit_gb()
     machine = C.machine_info(args.device, args.threads)
-    print(f"machine: {machine['cpu_model']}, {machine['logical_cpus']} logical CPUs, "
-          f"{machine['mem_total_gb']} GB RAM, torch {machine.get('torch')} "
-          f"(threads {machine.get('torch_threads')}), fairchem-core {machine.get('fairchem_core')}"
-          + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
-          + f"; code {machine['code'].get('commit')}"
-          + (f" + uncommitted src changes {machine['code'].get('src_diff_sha1')}"
-             if machine['code'].get('src_dirty') else ""), flush=True)
+    print(C.machine_line(machine), flush=True)
     print(f"batch: {args.systems} OC20-like systems (seed {args.seed}); device {args.device}; "
           f"reps {args.reps} after {args.warmup} warm-up; amp {args.amp}; "
           f"CPU worker memory cap {mem_limit or 'none'} GB", flush=True)

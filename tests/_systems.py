@@ -49,21 +49,12 @@ def to_batch(atoms_list, dtype: torch.dtype = torch.float32, cutoff: float = 6.0
     ``cell_offsets``, ``neighbors``); models then need ``otf_graph=False``.
     """
     from fairchem.core.common.utils import radius_graph_pbc
-    from fairchem.core.datasets import data_list_collater
-    from fairchem.core.preprocessing import AtomsToGraphs
 
-    a2g = AtomsToGraphs(r_energy=False, r_forces=False, r_edges=False, r_fixed=True)
-    data_list = []
-    for i, atoms in enumerate(atoms_list):
-        d = a2g.convert(atoms)
-        d.pos = torch.as_tensor(atoms.get_positions(wrap=False), dtype=dtype)
-        d.cell = torch.as_tensor(np.asarray(atoms.cell), dtype=dtype)[None]
-        d.sid = i
-        data_list.append(d)
-    batch = data_list_collater(data_list, otf_graph=True)
+    from eqv2_plugin.integration.batch import atoms_to_batch
+
+    batch = atoms_to_batch(atoms_list, dtype)
     if dtype == torch.float64:
-        single = data_list_collater([d.clone() for d in data_list], otf_graph=True)
-        single.pos, single.cell = single.pos.float(), single.cell.float()
+        single = atoms_to_batch(atoms_list, torch.float32)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.float32)
         try:
