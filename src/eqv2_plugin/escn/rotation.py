@@ -48,12 +48,8 @@ class EdgeRotation:
         return torch.bmm(self.wigner.to(x.dtype), x)
 
     def from_edge(self, y: torch.Tensor) -> torch.Tensor:
-        """``[E, K, C]`` edge-frame features -> ``[E, (lmax+1)**2, C]`` (with truncation rescale)."""
-        y = y * self.rescale.to(y.dtype)[None, :, None]
-        return torch.bmm(self.wigner.to(y.dtype).transpose(1, 2), y)
-
-    def from_edge_m0(self, y0: torch.Tensor) -> torch.Tensor:
-        """Rotate back features that only have m=0 coefficients: ``[E, lmax+1, C]``."""
-        n0 = self.layout.lmax + 1
-        y0 = y0 * self.rescale[:n0].to(y0.dtype)[None, :, None]
-        return torch.bmm(self.wigner[:, :n0].to(y0.dtype).transpose(1, 2), y0)
+        """``[E, K', C]`` edge-frame features (the first ``K' <= K`` edge coefficients, e.g.
+        ``lmax+1`` for m=0 only) -> ``[E, (lmax+1)**2, C]``, with the truncation rescale."""
+        k = y.shape[1]
+        y = y * self.rescale[:k].to(y.dtype)[None, :, None]
+        return torch.bmm(self.wigner[:, :k].to(y.dtype).transpose(1, 2), y)

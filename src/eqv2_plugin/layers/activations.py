@@ -56,9 +56,12 @@ class S2Activation(nn.Module):
         self.register_buffer("to_grid", to_grid.to(dtype), persistent=False)
         self.register_buffer("from_grid", from_grid.to(dtype), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # chunked over rows, grid recomputed in the backward pass (no [*, G, C] tensor is kept)
-        return grid_silu(x, self.to_grid, self.from_grid)
+    def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
+        """``ops``: an ``escn.backend.EscnOps`` (default: the chunked torch path, which
+        recomputes the grid in the backward pass instead of keeping ``[*, G, C]``)."""
+        if ops is None:
+            return grid_silu(x, self.to_grid, self.from_grid)
+        return ops.grid_silu(x, self.to_grid, self.from_grid)
 
 
 class SeparableS2Activation(nn.Module):
@@ -68,5 +71,5 @@ class SeparableS2Activation(nn.Module):
         super().__init__()
         self.s2 = S2Activation(to_grid, from_grid)
 
-    def forward(self, scalars: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.silu(scalars).unsqueeze(-2), self.s2(x)[..., 1:, :]], dim=-2)
+    def forward(self, scalars: torch.Tensor, x: torch.Tensor, ops=None) -> torch.Tensor:
+        return torch.cat([F.silu(scalars).unsqueeze(-2), self.s2(x, ops)[..., 1:, :]], dim=-2)

@@ -14,7 +14,7 @@ from eqv2_plugin.layers.linear import DegreeWiseLinear
 from eqv2_plugin.layers.radial import RadialMLP, atom_pair_embeddings, with_atom_pair
 from eqv2_plugin.model.graph import EdgeGraph, segment_softmax
 from eqv2_plugin.so3.grid import s2_grid_matrices
-from eqv2_plugin.so3.layout import EdgeLayout, degree_of_node_coefficients
+from eqv2_plugin.so3.layout import EdgeLayout
 
 
 class EdgeAttention(nn.Module):
@@ -69,7 +69,7 @@ class EdgeAttention(nn.Module):
         if use_m_share_rad:
             # one radial weight per (degree, channel), applied before the rotation
             self.shared_radial = RadialMLP([*radial_channels, 2 * sphere_channels * (L + 1)])
-            self.register_buffer("node_degree", degree_of_node_coefficients(L), persistent=False)
+            self.register_buffer("edge_degree", layout.degree.clone(), persistent=False)
         self.conv1 = SO2Convolution(
             2 * sphere_channels,
             hidden_channels,
@@ -102,19 +102,19 @@ class EdgeAttention(nn.Module):
     def forward(self, x: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:
         E = graph.edge_index.shape[1]
         edge_in = self.edge_inputs(graph)
-        msg = torch.cat([x[graph.source], x[graph.target]], dim=2)  # [E, (L+1)^2, 2C]
+        msg = graph.ops.gather_rotate(x, graph.rotation, graph.edges)  # [E, K, 2C]
         if self.use_m_share_rad:
+            # per-degree weights commute with the block-diagonal rotation: apply them in the edge frame
             w = self.shared_radial(edge_in).reshape(E, self.layout.lmax + 1, -1)
-            msg = msg * w[:, self.node_degree]
-        msg = graph.rotation.to_edge(msg)  # [E, K, 2C]
+            msg = msg * w[:, self.edge_degree]
         hidden, extra = self.conv1(msg, None if self.use_m_share_rad else edge_in)
         logits, act_scalars = extra[:, : self.num_logits], extra[:, self.num_logits :]
         if self.use_gate_act:
             hidden = self.act(act_scalars, hidden)
         elif self.use_sep_s2_act:
-            hidden = self.act(act_scalars, hidden)
+            hidden = self.act(act_scalars, hidden, graph.ops)
         else:
-            hidden = self.act(hidden)
+            hidden = self.act(hidden, graph.ops)
         values, _ = self.conv2(hidden)  # [E, K, H*V]
 
         logits = self.logit_act(self.logit_norm(logits.reshape(E, self.num_heads, self.alpha_channels)))
@@ -122,10 +122,6 @@ class EdgeAttention(nn.Module):
         alpha = segment_softmax(logits, graph.target, graph.num_nodes)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
-        K = values.shape[1]
-        values = (values.reshape(E, K, self.num_heads, self.value_channels) * alpha[:, None, :, None]).reshape(
-            E, K, self.num_heads * self.value_channels
-        )
-        values = graph.rotation.from_edge(values)  # [E, (L+1)^2, H*V]
-        out = values.new_zeros(graph.num_nodes, values.shape[1], values.shape[2]).index_add(0, graph.target, values)
+        # weight by alpha, rotate back, sum at the targets: [N, (L+1)^2, H*V]
+        out = graph.ops.rotate_scatter(values, graph.rotation, graph.edges, alpha, graph.num_nodes)
         return self.out_proj(out)

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 import eqv2_plugin.so3 as so3
+from eqv2_plugin.escn.backend import resolve_ops
+from eqv2_plugin.escn.edges import EdgeSegments
 from eqv2_plugin.escn.rotation import EdgeRotation
 from eqv2_plugin.layers.linear import DegreeWiseLinear
 from eqv2_plugin.layers.norms import make_norm
@@ -37,6 +39,9 @@ class EquiformerV2Backbone(nn.Module):
         direct_forces: ``True`` (default) predicts forces with the attention
             head (as the reference); ``False`` makes forces ``-dE/dpos``
             (conservative), which needs positions to carry gradients.
+        kernel_backend: ``"auto"`` (default: Triton kernels on CUDA, PyTorch on
+            CPU), ``"torch"`` or ``"triton"``; the implementation of the eSCN
+            hot path (``escn.backend``). Same function either way.
 
     ``forward(data)`` returns ``{"node_embedding": [N, (L+1)^2, C], "graph": EdgeGraph}``.
     ``data`` needs ``pos [N,3]``, ``atomic_numbers [N]``, ``batch [N]``,
@@ -90,6 +95,7 @@ class EquiformerV2Backbone(nn.Module):
         activation_checkpoint: bool | None = False,
         edge_frame: str = "random",
         direct_forces: bool = True,
+        kernel_backend: str = "auto",
     ):
         super().__init__()
         lmax_list = [6] if lmax_list is None else list(lmax_list)
@@ -123,6 +129,7 @@ class EquiformerV2Backbone(nn.Module):
         self.use_energy_lin_ref, self.load_energy_lin_ref = bool(use_energy_lin_ref), bool(load_energy_lin_ref)
         self.activation_checkpoint = bool(activation_checkpoint)
         self.edge_frame = edge_frame
+        self.kernel_backend = kernel_backend
         self.layout = EdgeLayout(lmax, mmax)
 
         self.atom_embedding = nn.Embedding(max_num_elements, sphere_channels)
@@ -190,6 +197,8 @@ class EquiformerV2Backbone(nn.Module):
         return EdgeGraph(
             edge_index=edge_index, edge_vec=edge_vec, edge_scalars=edge_scalars, rotation=rotation,
             atomic_numbers=atomic_numbers, batch=data.batch, num_graphs=int(data.natoms.shape[0]),
+            edges=EdgeSegments(edge_index, atomic_numbers.shape[0]),
+            ops=resolve_ops(self.kernel_backend, edge_vec.device),
         )
 
     def embed(self, data) -> dict:

@@ -2,6 +2,7 @@
 fairchem 1.10's implementation (so configs written for it work unchanged)."""
 from __future__ import annotations
 
+from eqv2_plugin.escn.backend import KERNEL_BACKENDS
 from eqv2_plugin.layers.norms import NORM_TYPES
 from eqv2_plugin.so3.frames import FRAME_MODES
 from eqv2_plugin.so3.wigner import MAX_SUPPORTED_LMAX
@@ -76,6 +77,10 @@ def validate_config(cfg: dict) -> tuple[int, int]:
         )
     if cfg["edge_frame"] not in FRAME_MODES:
         raise ValueError(f"EquiformerV2: edge_frame must be one of {FRAME_MODES}, got {cfg['edge_frame']!r}")
+    if cfg["kernel_backend"] not in KERNEL_BACKENDS:
+        raise ValueError(
+            f"EquiformerV2: kernel_backend must be one of {KERNEL_BACKENDS}, got {cfg['kernel_backend']!r}"
+        )
     for name in ("alpha_drop", "drop_path_rate", "proj_drop"):
         _rate(name, cfg[name])
     for name in ("avg_num_nodes", "avg_degree"):

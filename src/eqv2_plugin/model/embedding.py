@@ -40,6 +40,6 @@ class EdgeDegreeEmbedding(nn.Module):
                 edge_in, graph.atomic_numbers, graph.edge_index, self.src_embedding, self.tgt_embedding
             )
         m0 = self.radial(edge_in).reshape(-1, self.lmax + 1, self.channels)
-        per_edge = graph.rotation.from_edge_m0(m0)  # [E, (L+1)^2, C]
-        out = per_edge.new_zeros(graph.num_nodes, per_edge.shape[1], self.channels)
-        return out.index_add(0, graph.target, per_edge) / self.avg_degree
+        # m=0 coefficients rotated back and summed at each target: [N, (L+1)^2, C]
+        out = graph.ops.rotate_scatter(m0, graph.rotation, graph.edges, None, graph.num_nodes)
+        return out / self.avg_degree

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from eqv2_plugin.escn.backend import EscnOps
+from eqv2_plugin.escn.edges import EdgeSegments
 from eqv2_plugin.escn.rotation import EdgeRotation
 
 
@@ -21,6 +23,8 @@ class EdgeGraph:
         atomic_numbers: ``[N]`` long.
         batch: ``[N]`` graph of each node.
         num_graphs: number of graphs in the batch.
+        edges: the edges grouped by target / source (for kernel reductions).
+        ops: the implementation of the eSCN hot path (``escn.backend``).
     """
 
     edge_index: torch.Tensor
@@ -30,6 +34,8 @@ class EdgeGraph:
     atomic_numbers: torch.Tensor
     batch: torch.Tensor
     num_graphs: int
+    edges: EdgeSegments
+    ops: EscnOps
 
     @property
     def num_nodes(self) -> int:

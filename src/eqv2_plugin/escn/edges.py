@@ -1,0 +1,38 @@
+"""Edge orderings for atomic-free, deterministic reductions over edges."""
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+
+
+class EdgeSegments:
+    """The edges of a batch grouped by target and by source node.
+
+    ``by_target`` / ``by_source`` are ``(order [E], ptr [N+1])``: the edges
+    ``order[ptr[n]:ptr[n+1]]`` end (start) at node ``n``, in increasing edge
+    index, so sums visit them in a fixed order. Computed on first use.
+    """
+
+    def __init__(self, edge_index: torch.Tensor, num_nodes: int):
+        self.source, self.target = edge_index[0], edge_index[1]
+        self.num_nodes = num_nodes
+
+    @property
+    def num_edges(self) -> int:
+        return self.source.shape[0]
+
+    def _segments(self, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.sort(node, stable=True).indices
+        counts = torch.bincount(node, minlength=self.num_nodes)
+        ptr = torch.zeros(self.num_nodes + 1, dtype=torch.long, device=node.device)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        return order, ptr
+
+    @cached_property
+    def by_target(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._segments(self.target)
+
+    @cached_property
+    def by_source(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._segments(self.source)
