@@ -18,9 +18,12 @@ from eqv2_plugin.cli import main
 from eqv2_plugin.data import dataset as ds_mod
 from eqv2_plugin.data import lmdb_writer, oc20_like
 
-S2EF_LABELLED = ("s2ef/train", "s2ef/val_id", "s2ef/val_ood")
-ALL_SPLITS = tuple(s.path for s in ds_mod.SPLITS)
-TINY = "train=2,val_id=1,val_ood=1,test=1,is2re_train=1,is2re_val=1"
+TEST_SPLITS = tuple(s.path for s in ds_mod.SPLITS if s.twin)  # leaderboard-style, unlabelled
+LABEL_COPIES = tuple(ds_mod.labelled_copy_path(s) for s in ds_mod.SPLITS if s.twin)
+S2EF_LABELLED = ("s2ef/train", "s2ef/val_id", "s2ef/val_ood") + tuple(p for p in LABEL_COPIES if "s2ef" in p)
+IS2RE_LABELLED = ("is2re/train", "is2re/val") + tuple(p for p in LABEL_COPIES if "is2re" in p)
+ALL_SPLITS = tuple(s.path for s in ds_mod.SPLITS) + LABEL_COPIES
+TINY = ",".join(f"{key}=1" for key in ds_mod.SPLIT_KEYS).replace("train=1", "train=2", 1)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +118,8 @@ def test_help_documents_sizes(capsys):
         main(["make-data", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for word in ("--sizes", "train=12", "is2re_train", "--metals", "--adsorbates", "--overwrite"):
+    for word in ("--sizes", "train=12", "is2re_train", "test_ood_cat", "is2re_test_ood_both", "labels/",
+                 "--metals", "--adsorbates", "--overwrite"):
         assert word in text
 
 
@@ -133,7 +137,18 @@ def test_layout_and_summary(generated):
         assert s["systems"] == n
         assert s["frames"] == n * (ds_mod.DEFAULT_FRAMES if split.task == "s2ef" else 1)
         assert 40 <= s["natoms_min"] <= s["natoms_max"] <= 100
+        if split.twin:
+            copy = ds_mod.labelled_copy_path(split)
+            assert sorted(p.name for p in (out / copy).iterdir()) == ["data.0000.lmdb", "metadata.npz"]
+            assert {k: v for k, v in summary["splits"][copy].items() if k not in ("target", "energy_mean")} == {
+                k: v for k, v in s.items() if k not in ("target", "energy_mean")}
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary leftovers
+    manifest = summary["manifest"]
+    names = ("id", "ood_ads", "ood_cat", "ood_both")
+    assert manifest["leaderboard_splits"] == {
+        "s2ef": {n: f"s2ef/test_{n}" for n in names}, "is2re": {n: f"is2re/test_{n}" for n in names}}
+    assert manifest["labelled_copies"] == {p: f"labels/{p}" for p in TEST_SPLITS}
+    assert sorted(manifest["value_sha256"]) == sorted(ALL_SPLITS)
     table = ds_mod.summarize(out)
     for path in ALL_SPLITS:
         assert path in table
@@ -170,7 +185,7 @@ def test_fairchem_reads_and_collates(generated, split):
         assert batch.forces.shape == (n, 3) and batch.forces.dtype == torch.float32
     else:
         assert all(getattr(d, "energy", None) is None and getattr(d, "forces", None) is None for d in items)
-    if split.startswith("is2re"):
+    if split in IS2RE_LABELLED:
         assert batch.y_init.shape == (b,) and batch.y_relaxed.shape == (b,)
         assert batch.pos_relaxed.shape == (n, 3) and batch.pos_relaxed.dtype == torch.float32
     # metadata.npz: natoms of every entry in dataset order (fairchem's load balancing)
@@ -226,16 +241,27 @@ def test_s2ef_labels_equal_fresh_emt(generated, split):
         assert float(items[-1].energy) < float(items[0].energy)
 
 
-def test_test_split_is_unlabelled_but_sane(generated):
+@pytest.mark.parametrize("split", ("s2ef/test",) + TEST_SPLITS)
+def test_test_split_is_unlabelled_but_sane(generated, split):
     out, _ = generated
-    for d in _read(out / "s2ef/test"):
-        assert not hasattr(d, "energy") or d.energy is None
-        assert not hasattr(d, "forces") or d.forces is None
+    items = _read(out / split)
+    for d in items:
+        for key in ("energy", "forces", "y", "force", "y_init", "y_relaxed", "pos_relaxed"):
+            assert getattr(d, key, None) is None, key
         energy, forces = _emt(_atoms(d))
         assert np.isfinite(energy) and np.abs(forces).max() < 50.0
+    if split in TEST_SPLITS:  # the labelled copy: the same entries, plus labels
+        twin = _read(out / "labels" / split)
+        assert len(twin) == len(items)
+        for d, t in zip(items, twin):
+            assert (d.sid, d.fid) == (t.sid, t.fid)
+            for key in ("pos", "cell", "atomic_numbers", "tags", "fixed", "natoms"):
+                assert np.array_equal(np.asarray(d[key]), np.asarray(t[key])), key
+            labels = ("energy", "forces") if split.startswith("s2ef") else ("y_init", "y_relaxed", "pos_relaxed")
+            assert all(getattr(t, key, None) is not None for key in labels)
 
 
-@pytest.mark.parametrize("split", ("is2re/train", "is2re/val"))
+@pytest.mark.parametrize("split", IS2RE_LABELLED)
 def test_is2re_relaxed(generated, split):
     out, _ = generated
     for d in _read(out / split):
@@ -251,7 +277,7 @@ def test_is2re_relaxed(generated, split):
         assert np.array_equal(d.pos_relaxed[fixed].numpy(), d.pos[fixed].numpy())
 
 
-def test_val_ood_holds_out_a_metal_and_an_adsorbate(generated):
+def test_held_out_metal_and_adsorbate_only_in_the_ood_splits(generated):
     out, summary = generated
     held = summary["manifest"]["held_out"]
     held_formula = _formula(held["adsorbate"])
@@ -260,15 +286,22 @@ def test_val_ood_holds_out_a_metal_and_an_adsorbate(generated):
         for d in _read(out / split):
             metal, formula = _metal_and_adsorbate(d)
             seen[split].add((metal, formula))
+    ood_splits = {"s2ef/val_ood"} | {p for p in ALL_SPLITS if "test_ood_" in p}
     for split in ALL_SPLITS:
-        if split == "s2ef/val_ood":
-            continue
-        assert all(m != held["metal"] and f != held_formula for m, f in seen[split]), split
+        if split not in ood_splits:  # training, validation, test and test_id splits
+            assert all(m != held["metal"] and f != held_formula for m, f in seen[split]), split
     train_metals = {m for m, _ in seen["s2ef/train"]}
     train_formulas = {f for _, f in seen["s2ef/train"]}
     ood = seen["s2ef/val_ood"]
     assert all(m not in train_metals or f not in train_formulas for m, f in ood)
     assert any(m == held["metal"] for m, _ in ood) and any(f == held_formula for _, f in ood)
+    # OC20's test splits: ood_ads = held-out adsorbate on seen metals, ood_cat = seen
+    # adsorbates on the held-out metal, ood_both = both held out (labelled copies alike)
+    for split in ood_splits - {"s2ef/val_ood"}:
+        kind = split.rsplit("test_", 1)[1]
+        for metal, formula in seen[split]:
+            assert (metal == held["metal"]) == (kind in ("ood_cat", "ood_both")), (split, metal)
+            assert (formula == held_formula) == (kind in ("ood_ads", "ood_both")), (split, formula)
 
 
 # --------------------------------------------------------------------------- determinism

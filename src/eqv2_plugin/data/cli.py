@@ -10,7 +10,11 @@ import sys
 
 # Mirrors dataset.DEFAULT_SIZES / oc20_like.METALS / ADSORBATE_NAMES without importing them
 # (numpy-free import); tests check that the two agree.
-_DEFAULT_SIZES = "train=12,val_id=3,val_ood=3,test=3,is2re_train=6,is2re_val=3"
+_DEFAULT_SIZES = (
+    "train=12,val_id=3,val_ood=3,test=3,is2re_train=6,is2re_val=3,"
+    "test_id=2,test_ood_ads=2,test_ood_cat=2,test_ood_both=2,"
+    "is2re_test_id=2,is2re_test_ood_ads=2,is2re_test_ood_cat=2,is2re_test_ood_both=2"
+)
 _METALS = "Cu,Ag,Au,Ni,Pd,Pt,Al"
 _ADSORBATES = "H,O,N,C,OH,H2O,NH,NH2,NH3,CH,CH2,CH3,CO,NO"
 
@@ -18,14 +22,22 @@ _EPILOG = f"""\
 sizes count systems per split (an S2EF system gives --frames entries, an IS2RE
 system one); unnamed splits keep their default:
   {_DEFAULT_SIZES}
-keys: train, val_id, val_ood, test (s2ef/...), is2re_train, is2re_val (is2re/...)
+keys: train, val_id, val_ood, test, test_id, test_ood_ads, test_ood_cat,
+test_ood_both (s2ef/...), is2re_train, is2re_val, is2re_test_id,
+is2re_test_ood_ads, is2re_test_ood_cat, is2re_test_ood_both (is2re/...)
 
-output: OUT/s2ef/{{train,val_id,val_ood,test}}/ and OUT/is2re/{{train,val}}/, each a
-folder of fairchem LMDBs (data.0000.lmdb ...) with metadata.npz, plus OUT/manifest.json.
+output: OUT/s2ef/{{train,val_id,val_ood,test}}/, OUT/is2re/{{train,val}}/ and the
+leaderboard test splits OUT/s2ef/test_{{id,ood_ads,ood_cat,ood_both}}/ and
+OUT/is2re/test_{{id,ood_ads,ood_cat,ood_both}}/ (IS2RE and IS2RS), each a folder of
+fairchem LMDBs (data.0000.lmdb ...) with metadata.npz, plus OUT/manifest.json.
 Use a split folder as a fairchem dataset src, e.g. dataset.train.src: OUT/s2ef/train.
-One metal and one adsorbate (chosen from the seed) appear only in s2ef/val_ood.
-Labels: EMT total energy (eV) and forces (eV/A); s2ef/test has none; is2re entries
-hold y_init, y_relaxed, pos_relaxed. The same arguments store the same values
+One metal and one adsorbate (chosen from the seed) are held out of training: they
+appear only in s2ef/val_ood and the ood test splits (ood_ads: held-out adsorbate,
+ood_cat: held-out metal, ood_both: both), as in OC20.
+Labels: EMT total energy (eV) and forces (eV/A); is2re entries hold y_init,
+y_relaxed, pos_relaxed. s2ef/test and the test_* splits have no labels (as on the
+leaderboard); OUT/labels/<split>/ holds labelled copies of the test_* splits for
+`eqv2-plugin evaluate`. The same arguments store the same values
 (manifest.json keeps a SHA-256 of each split's values; the .lmdb bytes differ
 because torch pickles embed memory addresses).
 
@@ -42,8 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=(
             "Build fcc(111)/(100)/(211) metal slabs with H/C/N/O adsorbates, label them\n"
             "with ASE's EMT calculator and write fairchem 1.x LMDB splits (S2EF train/\n"
-            "val_id/val_ood/test, IS2RE train/val) with OC20 tags, fixed atoms and\n"
-            "metadata.npz. Takes seconds with the default sizes."
+            "val_id/val_ood/test, IS2RE train/val, and OC20-named leaderboard test splits\n"
+            "id/ood_ads/ood_cat/ood_both for S2EF and IS2RE/IS2RS) with OC20 tags, fixed\n"
+            "atoms and metadata.npz. Takes seconds with the default sizes."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

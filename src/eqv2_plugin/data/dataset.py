@@ -9,24 +9,37 @@ renders the table it prints.  Layout of the output folder::
     OUT/s2ef/val_ood/            held-out metal and/or adsorbate
     OUT/s2ef/test/               no energy/forces (like the OC20 test split)
     OUT/is2re/train/, is2re/val/ y_init, y_relaxed, pos_relaxed
+    OUT/s2ef/test_{id,ood_ads,ood_cat,ood_both}/    leaderboard-style test splits,
+    OUT/is2re/test_{id,ood_ads,ood_cat,ood_both}/   unlabelled (IS2RE and IS2RS)
+    OUT/labels/s2ef/test_*/, labels/is2re/test_*/   the same entries with their labels
 
 Choices:
 
 * **Sizes** count *systems*; an S2EF system contributes ``frames`` entries
   (default 4), an IS2RE system one entry.  Defaults (``DEFAULT_SIZES``) are
-  small enough for a couple of seconds of CPU time.
-* **Held-out** (``val_ood``): one metal and one adsorbate, chosen from the
-  seed, never appear in ``s2ef/train``, ``val_id``, ``test`` or the IS2RE
-  splits.  ``val_ood`` systems cycle through (held-out metal, seen adsorbate),
-  (seen metal, held-out adsorbate) and (both held out), like OC20's
-  ood_cat / ood_ads / ood_both.
+  small enough for a few seconds of CPU time.
+* **Held-out** (``val_ood`` and the ood test splits): one metal and one
+  adsorbate, chosen from the seed, never appear in ``s2ef/train``, ``val_id``,
+  ``test``, ``test_id`` or the IS2RE train/val/test_id splits.  ``val_ood``
+  systems cycle through (held-out metal, seen adsorbate), (seen metal,
+  held-out adsorbate) and (both held out), like OC20's ood_cat / ood_ads /
+  ood_both.
+* **Leaderboard test splits** carry OC20's names: ``test_id`` (seen metals and
+  adsorbates), ``test_ood_ads`` (held-out adsorbate on seen metals),
+  ``test_ood_cat`` (seen adsorbates on the held-out metal), ``test_ood_both``.
+  As on the leaderboard they hold no labels (S2EF: no energy/forces; IS2RE: no
+  y_init/y_relaxed/pos_relaxed); ``OUT/labels/<split path>/`` holds the same
+  entries (same order, sids, positions) *with* labels, so ``eqv2-plugin
+  evaluate`` can score a submission offline.  ``manifest.json`` maps the names
+  (``leaderboard_splits``) and the labelled copies (``labelled_copies``).
 * **IS2RE entries** hold the *initial* structure in ``pos`` (the model input),
   ``y_init`` (EMT energy of ``pos``), ``y_relaxed`` and ``pos_relaxed``, and no
   ``energy``/``forces`` attributes, like OC20's IS2RE LMDBs.  To train on the
   relaxed energy with fairchem 1.x, map it with
   ``dataset: {key_mapping: {y_relaxed: energy}}``.  ``fid`` is 0.
 * **Ids**: ``sid = split code * 1_000_000 + system index`` (codes: train 1,
-  val_id 2, val_ood 3, test 4, is2re train 5, is2re val 6), unique across the
+  val_id 2, val_ood 3, test 4, is2re train 5, is2re val 6, s2ef test_id,
+  test_ood_ads, test_ood_cat, test_ood_both 7-10, is2re test_* 11-14), unique across the
   whole data set; ``fid`` is the optimizer step of an S2EF frame.
 * **Atomic output**: everything is written into a hidden temporary sibling of
   ``OUT`` and renamed into place at the end; on any error (or Ctrl-C) the
@@ -68,17 +81,38 @@ class Split:
     path: str  # folder relative to OUT
     code: int  # sid prefix and random-stream id
     task: str  # "s2ef" or "is2re"
-    energy_forces: bool  # store S2EF `energy`/`forces` (not for test, not for IS2RE)
-    held_out: bool
+    labelled: bool  # the split itself stores its targets (S2EF energy/forces, IS2RE y_*/pos_relaxed)
+    pool: str = "seen"  # metals/adsorbates: "seen", "val_ood" (cycles the three below), "ood_ads", "ood_cat", "ood_both"
+    twin: bool = False  # unlabelled, with a labelled copy under LABELS_DIR/<path> (leaderboard test splits)
 
+    @property
+    def energy_forces(self) -> bool:
+        """Whether AtomsToGraphs stores ``energy``/``forces`` (labelled S2EF entries)."""
+        return self.labelled and self.task == "s2ef"
+
+
+#: Leaderboard split names (OC20) and the pool of each: id = seen metals and adsorbates,
+#: ood_ads = held-out adsorbate on a seen metal, ood_cat = seen adsorbate on the held-out
+#: metal, ood_both = both held out.
+TEST_SPLIT_NAMES: tuple[str, ...] = ("id", "ood_ads", "ood_cat", "ood_both")
+_TEST_POOLS = {"id": "seen", "ood_ads": "ood_ads", "ood_cat": "ood_cat", "ood_both": "ood_both"}
+LABELS_DIR = "labels"
 
 SPLITS: tuple[Split, ...] = (
-    Split("train", "s2ef/train", 1, "s2ef", True, False),
-    Split("val_id", "s2ef/val_id", 2, "s2ef", True, False),
-    Split("val_ood", "s2ef/val_ood", 3, "s2ef", True, True),
-    Split("test", "s2ef/test", 4, "s2ef", False, False),
-    Split("is2re_train", "is2re/train", 5, "is2re", False, False),
-    Split("is2re_val", "is2re/val", 6, "is2re", False, False),
+    Split("train", "s2ef/train", 1, "s2ef", True),
+    Split("val_id", "s2ef/val_id", 2, "s2ef", True),
+    Split("val_ood", "s2ef/val_ood", 3, "s2ef", True, "val_ood"),
+    Split("test", "s2ef/test", 4, "s2ef", False),
+    Split("is2re_train", "is2re/train", 5, "is2re", True),
+    Split("is2re_val", "is2re/val", 6, "is2re", True),
+    *(
+        Split(f"test_{name}", f"s2ef/test_{name}", 7 + i, "s2ef", False, _TEST_POOLS[name], True)
+        for i, name in enumerate(TEST_SPLIT_NAMES)
+    ),
+    *(
+        Split(f"is2re_test_{name}", f"is2re/test_{name}", 11 + i, "is2re", False, _TEST_POOLS[name], True)
+        for i, name in enumerate(TEST_SPLIT_NAMES)
+    ),
 )
 SPLIT_KEYS: tuple[str, ...] = tuple(s.key for s in SPLITS)
 DEFAULT_SIZES: dict[str, int] = {
@@ -88,12 +122,14 @@ DEFAULT_SIZES: dict[str, int] = {
     "test": 3,
     "is2re_train": 6,
     "is2re_val": 3,
+    **{f"test_{name}": 2 for name in TEST_SPLIT_NAMES},
+    **{f"is2re_test_{name}": 2 for name in TEST_SPLIT_NAMES},
 }
 DEFAULT_FRAMES = 4
 SID_STRIDE = 1_000_000
 MAX_SYSTEMS = SID_STRIDE - 1
 MAX_FRAMES = 1000
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- validation
@@ -263,10 +299,12 @@ def _install(tmp: Path, out: Path) -> None:
 def _pools(split: Split, index: int, metals, adsorbates, held_metal, held_ads):
     seen_metals = tuple(m for m in metals if m != held_metal)
     seen_ads = tuple(a for a in adsorbates if a != held_ads)
-    if not split.held_out:
-        return seen_metals, seen_ads
-    kind = index % 3  # 0: held-out metal, 1: held-out adsorbate, 2: both
-    return ((held_metal,) if kind in (0, 2) else seen_metals), ((held_ads,) if kind in (1, 2) else seen_ads)
+    pool = split.pool
+    if pool == "val_ood":  # cycle: held-out metal, held-out adsorbate, both
+        pool = ("ood_cat", "ood_ads", "ood_both")[index % 3]
+    held_m = pool in ("ood_cat", "ood_both")
+    held_a = pool in ("ood_ads", "ood_both")
+    return ((held_metal,) if held_m else seen_metals), ((held_ads,) if held_a else seen_ads)
 
 
 def _tasks(split: Split, n_systems: int, seed: int, frames: int, metals, adsorbates, held_out):
@@ -293,13 +331,31 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _to_data(frame: oc20_like.Frame, converter: Any) -> Any:
+def _to_data(frame: oc20_like.Frame, converter: Any, labelled: bool = True) -> Any:
+    """One stored entry; ``labelled=False`` drops the IS2RE targets (``frame.extra``)."""
     import torch
 
-    extra = dict(frame.extra)
+    extra = dict(frame.extra) if labelled else {}
     if "pos_relaxed" in extra:
         extra["pos_relaxed"] = torch.as_tensor(extra["pos_relaxed"], dtype=torch.float32)
     return lmdb_writer.atoms_to_data(converter, frame.to_atoms(), frame.sid, frame.fid, extra)
+
+
+def labelled_copy_path(split: Split) -> str:
+    """Folder (relative to OUT) of the labelled copy of a leaderboard test split."""
+    return f"{LABELS_DIR}/{split.path}"
+
+
+def leaderboard_splits() -> dict[str, dict[str, str]]:
+    """``{"s2ef": {"id": "s2ef/test_id", ...}, "is2re": {...}}``: the OC20-named test splits.
+
+    The IS2RE folders also serve IS2RS (as in OC20, where both tasks share the LMDBs).
+    """
+    out: dict[str, dict[str, str]] = {}
+    for split in SPLITS:
+        if split.twin:
+            out.setdefault(split.task, {})[split.key.rsplit("test_", 1)[1]] = split.path
+    return out
 
 
 def generate_dataset(
@@ -357,13 +413,14 @@ def generate_dataset(
             results = map(oc20_like.compute_system, all_tasks)
         for split, tasks in per_split:
             t0 = time.perf_counter()
-            data_list = [
-                _to_data(frame, converters[split.energy_forces])
-                for _, frames_ in zip(tasks, results)
-                for frame in frames_
-            ]
+            frames_list = [frame for _, frames_ in zip(tasks, results) for frame in frames_]
+            data_list = [_to_data(f, converters[split.energy_forces], split.labelled) for f in frames_list]
             lmdb_writer.write_split(tmp / split.path, data_list)
             digests[split.path] = lmdb_writer.data_digest(data_list)
+            if split.twin:  # the leaderboard keeps these labels; we keep them beside, for `evaluate`
+                labelled = [_to_data(f, converters[split.task == "s2ef"], True) for f in frames_list]
+                lmdb_writer.write_split(tmp / labelled_copy_path(split), labelled)
+                digests[labelled_copy_path(split)] = lmdb_writer.data_digest(labelled)
             if progress is not None:
                 progress(
                     f"{split.path}: {len(tasks)} systems, {len(data_list)} entries "
@@ -383,6 +440,8 @@ def generate_dataset(
             "adsorbates": list(adsorbates_),
             "held_out": {"metal": held_out[0], "adsorbate": held_out[1]},
             "splits": {s.key: s.path for s in SPLITS},
+            "leaderboard_splits": leaderboard_splits(),
+            "labelled_copies": {s.path: labelled_copy_path(s) for s in SPLITS if s.twin},
             "value_sha256": digests,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -425,7 +484,8 @@ def split_summary(split_dir: Path) -> dict[str, Any]:
 
 
 def _split_dirs(out: Path) -> list[tuple[str, Path]]:
-    known = [(s.path, out / s.path) for s in SPLITS if (out / s.path).is_dir()]
+    names = [s.path for s in SPLITS] + [labelled_copy_path(s) for s in SPLITS if s.twin]
+    known = [(name, out / name) for name in names if (out / name).is_dir()]
     seen = {p for _, p in known}
     extra = sorted(
         p for p in out.rglob("*") if p.is_dir() and p not in seen and any(p.glob(lmdb_writer.LMDB_GLOB))
@@ -468,5 +528,8 @@ def summarize(out: Path | str) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     held = summary["manifest"].get("held_out")
     if held:
-        lines.append(f"held out of train (only in s2ef/val_ood): metal {held['metal']}, adsorbate {held['adsorbate']}")
+        lines.append(
+            f"held out of training (only in s2ef/val_ood and the test_ood_* splits): "
+            f"metal {held['metal']}, adsorbate {held['adsorbate']}"
+        )
     return "\n".join(lines)

@@ -169,7 +169,7 @@ def system_rng(seed: int, split_code: int, index: int, attempt: int = 0) -> np.r
 
 
 def choose_held_out(seed: int, metals: Sequence[str], adsorbates: Sequence[str]) -> tuple[str, str]:
-    """The metal and adsorbate kept out of every split except ``s2ef/val_ood``."""
+    """The metal and adsorbate kept out of every split except ``s2ef/val_ood`` and the ood test splits."""
     rng = np.random.default_rng([int(seed), 0, 0, 0, 1])
     return str(metals[rng.integers(len(metals))]), str(adsorbates[rng.integers(len(adsorbates))])
 
