@@ -1,0 +1,1 @@
+"""Triton implementation of the eSCN hot path (imported only when selected)."""

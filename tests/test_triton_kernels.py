@@ -1,0 +1,213 @@
+"""The Triton implementation of the eSCN hot path equals the torch path.
+
+Without a GPU the kernels run in triton's interpreter (``TRITON_INTERPRET=1``,
+set here before the kernels are first imported); with CUDA they are compiled
+and run on the GPU. Values and gradients (fp32) must agree to 1e-5 relative
+over random shapes: L 2..8, M 1..4, 0, 1 and odd numbers of edges, channel
+counts below, at and above the channel block.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import eqv2_plugin  # noqa: E402
+from _reference import SMALL, perturb_, rel_err  # noqa: E402
+from _systems import oc20_like_atoms, to_batch  # noqa: E402
+from eqv2_plugin.escn.backend import resolve_ops  # noqa: E402
+from eqv2_plugin.escn.edges import EdgeSegments  # noqa: E402
+from eqv2_plugin.escn.rotation import EdgeRotation  # noqa: E402
+from eqv2_plugin.escn.torch_ops import TORCH_OPS  # noqa: E402
+from eqv2_plugin.so3 import EdgeLayout, edge_frames, s2_grid_matrices  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL = 1e-5
+# the interpreter indexes numpy arrays in a way numpy 1.25+ flags, once per loop step
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
+# whole-model checks: the released L4 M2 block at small widths, one layer, 6 neighbours per atom
+# (interpreted kernels cost about a millisecond per program)
+MODEL_CFG = {**SMALL, "num_layers": 1, "max_neighbors": 6, "edge_frame": "deterministic", "alpha_drop": 0.0,
+             "drop_path_rate": 0.0}
+
+# (lmax, mmax, edges, nodes, channels): every L in 2..8, M in 1..4, E in {0, 1, odd}, C around the block (64)
+SHAPES = [
+    (2, 1, 37, 9, 3),
+    (2, 2, 1, 1, 16),
+    (3, 1, 0, 4, 8),
+    (4, 2, 37, 7, 20),
+    (4, 2, 53, 11, 70),
+    (5, 3, 23, 5, 64),
+    (6, 3, 17, 6, 33),
+    (6, 4, 1, 2, 5),
+    (7, 4, 13, 4, 12),
+    (8, 4, 11, 3, 24),
+    (8, 2, 0, 3, 7),
+]
+
+
+def _triton_ops():
+    return resolve_ops("triton", DEVICE)
+
+
+def _edges(lmax: int, mmax: int, num_edges: int, num_nodes: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    layout = EdgeLayout(lmax, mmax)
+    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=g).to(DEVICE)
+    frames = edge_frames(torch.randn(num_edges, 3, generator=g, dtype=torch.float64), mode="deterministic")
+    rotation = EdgeRotation(frames.float().to(DEVICE), layout)
+    rotation.wigner = rotation.wigner.detach().requires_grad_(True)
+    return layout, rotation, EdgeSegments(edge_index, num_nodes), g
+
+
+def _randn(g, *shape, grad=True):
+    return torch.randn(*shape, generator=g).to(DEVICE).requires_grad_(grad)
+
+
+def _assert_same(name, ours, ref):
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        assert a.shape == b.shape, (name, i)
+        if b.numel():
+            assert rel_err(a, b) < TOL, f"{name}[{i}]: relative error {rel_err(a, b):.2e}"
+
+
+def _values_and_grads(fn, inputs, seed):
+    out = fn()
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+    grads = torch.autograd.grad(out, inputs, upstream, allow_unused=True)
+    return [out.detach(), *[torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]]
+
+
+@pytest.mark.parametrize("lmax, mmax, num_edges, num_nodes, channels", SHAPES)
+def test_gather_rotate(lmax, mmax, num_edges, num_nodes, channels):
+    layout, rotation, edges, g = _edges(lmax, mmax, num_edges, num_nodes, seed=lmax * 100 + channels)
+    x = _randn(g, num_nodes, (lmax + 1) ** 2, channels)
+    inputs = (x, rotation.wigner)
+    ref = _values_and_grads(lambda: TORCH_OPS.gather_rotate(x, rotation, edges), inputs, 1)
+    ours = _values_and_grads(lambda: _triton_ops().gather_rotate(x, rotation, edges), inputs, 1)
+    assert ours[0].shape == (num_edges, layout.num_coefficients, 2 * channels)
+    _assert_same("gather_rotate", ours, ref)
+
+
+@pytest.mark.parametrize("lmax, mmax, num_edges, num_nodes, channels", SHAPES)
+@pytest.mark.parametrize("rows", ["all", "m0"])
+def test_rotate_scatter(lmax, mmax, num_edges, num_nodes, channels, rows):
+    """Attention-weighted messages (all edge coefficients) and the edge-degree embedding (m=0 only)."""
+    layout, rotation, edges, g = _edges(lmax, mmax, num_edges, num_nodes, seed=lmax * 10 + channels)
+    k = layout.num_coefficients if rows == "all" else lmax + 1
+    values = _randn(g, num_edges, k, channels)
+    heads = next(h for h in (4, 3, 2, 1) if channels % h == 0)
+    alpha = torch.rand(num_edges, heads, generator=g).to(DEVICE).requires_grad_(True) if rows == "all" else None
+    inputs = (values, rotation.wigner) + ((alpha,) if alpha is not None else ())
+    ref = _values_and_grads(lambda: TORCH_OPS.rotate_scatter(values, rotation, edges, alpha, num_nodes), inputs, 2)
+    ours = _values_and_grads(lambda: _triton_ops().rotate_scatter(values, rotation, edges, alpha, num_nodes), inputs, 2)
+    assert ours[0].shape == (num_nodes, (lmax + 1) ** 2, channels)
+    _assert_same("rotate_scatter", ours, ref)
+
+
+@pytest.mark.parametrize("lmax, mmax, num_edges, num_nodes, channels", SHAPES)
+def test_grid_silu(lmax, mmax, num_edges, num_nodes, channels):
+    layout = EdgeLayout(lmax, mmax)
+    to_grid, from_grid = (m.float().to(DEVICE) for m in s2_grid_matrices(lmax, mmax, None, layout.node_index))
+    g = torch.Generator().manual_seed(lmax + channels)
+    x = _randn(g, num_edges, layout.num_coefficients, channels)
+    ref = _values_and_grads(lambda: TORCH_OPS.grid_silu(x, to_grid, from_grid), (x,), 3)
+    ours = _values_and_grads(lambda: _triton_ops().grid_silu(x, to_grid, from_grid), (x,), 3)
+    _assert_same("grid_silu", ours, ref)
+
+
+def _second_derivatives(ops, lmax=3, mmax=2, num_edges=9, num_nodes=4, channels=6):
+    """d/d(inputs) of a scalar of the first derivatives (what training with gradient forces needs)."""
+    layout, rotation, edges, g = _edges(lmax, mmax, num_edges, num_nodes, seed=7)
+    x = _randn(g, num_nodes, (lmax + 1) ** 2, channels)
+    alpha = torch.rand(num_edges, 2, generator=g).to(DEVICE).requires_grad_(True)
+    to_grid, from_grid = (m.float().to(DEVICE) for m in s2_grid_matrices(lmax, mmax, None, layout.node_index))
+    msg = ops.gather_rotate(x, rotation, edges)
+    hidden = ops.grid_silu(msg, to_grid, from_grid)
+    out = ops.rotate_scatter(hidden, rotation, edges, alpha, num_nodes)
+    energy = (out ** 2).sum()
+    first = torch.autograd.grad(energy, (x, rotation.wigner, alpha), create_graph=True)
+    second = torch.autograd.grad(sum((f ** 2).sum() for f in first), (x, rotation.wigner, alpha))
+    return [energy.detach(), *[f.detach() for f in first], *second]
+
+
+def test_second_derivatives_match():
+    _assert_same("double backward", _second_derivatives(_triton_ops()), _second_derivatives(TORCH_OPS))
+
+
+def test_half_precision_runs_and_is_close():
+    """fp16 inputs: fp16 outputs accumulated in fp32, within fp16 rounding of the fp32 result."""
+    layout, rotation, edges, g = _edges(4, 2, 21, 5, seed=11)
+    x = torch.randn(5, 25, 16, generator=g).to(DEVICE)
+    exact = TORCH_OPS.gather_rotate(x, rotation, edges).detach()
+    half = _triton_ops().gather_rotate(x.half(), rotation, edges)
+    assert half.dtype == torch.float16
+    assert rel_err(half.float(), exact) < 5e-3
+
+
+@pytest.fixture(scope="module")
+def small_batch():
+    return oc20_like_atoms(1, seed=5)
+
+
+@pytest.mark.parametrize("direct_forces", [True, False])
+def test_whole_model_triton_equals_torch(small_batch, direct_forces):
+    """Energies and forces of an OC20-like system through every layer (released L4 M2 block, small widths)."""
+    torch.manual_seed(0)
+    cfg = {**MODEL_CFG, "direct_forces": direct_forces}
+    models = {}
+    for backend in ("torch", "triton"):
+        model = eqv2_plugin.EquiformerV2(**cfg, kernel_backend=backend)
+        if backend == "torch":
+            perturb_(model)
+        else:
+            model.load_state_dict(models["torch"].state_dict())
+        models[backend] = model.eval().to(DEVICE)
+    results = {}
+    for backend, model in models.items():
+        batch = to_batch(small_batch).to(DEVICE)
+        out = model(batch)
+        results[backend] = (out["energy"].detach(), out["forces"].detach())
+        assert model.build_graph(to_batch(small_batch).to(DEVICE)).ops.name == backend
+    e_ref, f_ref = results["torch"]
+    e_tri, f_tri = results["triton"]
+    assert rel_err(e_tri, e_ref) < TOL
+    assert rel_err(f_tri, f_ref) < 5 * TOL  # forces: a difference of sums, fp32 rounding of both paths
+    assert f_ref.abs().max() > 0
+
+
+def test_training_step_gradients_match(small_batch):
+    """Parameter gradients of a direct-force loss agree between the backends."""
+    torch.manual_seed(0)
+    cfg = MODEL_CFG
+    grads = {}
+    state = None
+    for backend in ("torch", "triton"):
+        model = eqv2_plugin.EquiformerV2(**cfg, kernel_backend=backend).to(DEVICE)
+        if state is None:
+            perturb_(model)
+            state = model.state_dict()
+        else:
+            model.load_state_dict(state)
+        out = model(to_batch(small_batch).to(DEVICE))
+        loss = out["energy"].square().sum() + out["forces"].square().sum()
+        loss.backward()
+        grads[backend] = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+    assert rel_err(grads["triton"], grads["torch"]) < 5 * TOL
+
+
+def test_backend_selection(monkeypatch):
+    assert resolve_ops("auto", torch.device("cpu")).name == "torch"
+    assert resolve_ops("torch", DEVICE).name == "torch"
+    assert resolve_ops("triton", DEVICE).name == "triton"
+    if DEVICE.type == "cpu":
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+            resolve_ops("triton", torch.device("cpu"))
+    with pytest.raises(ValueError, match="kernel_backend"):
+        eqv2_plugin.EquiformerV2(**SMALL, kernel_backend="cuda")
