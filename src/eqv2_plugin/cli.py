@@ -21,9 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from eqv2_plugin.data.cli import register as register_data
     from eqv2_plugin.integration.cli import register as register_checkpoints
+    from eqv2_plugin.launch.cli import register as register_launch
 
     register_data(sub)
     register_checkpoints(sub)
+    register_launch(sub)
     return parser
 
 
