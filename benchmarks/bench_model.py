@@ -46,8 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in the workers")
     p.add_argument("--amp", action="store_true", help="CUDA only: fp16 autocast for both implementations")
-    p.add_argument("--backend", default=None,
-                   help="our model's kernel_backend (passed only if its constructor accepts it)")
+    p.add_argument("--backend", nargs="+", default=None,
+                   help="our model's kernel_backend, one or several (e.g. 'torch triton': each is measured "
+                        "as its own column, with the triton/torch ratio); default: the model's default")
     p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
     p.add_argument("--mem-limit-gb", type=float, default=None,
                    help="CPU workers: memory cap in GB (resident memory a worker may reach, enforced with RLIMIT_AS; default 0.9 x MemAvailable; 0 = none)")
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
     if args.worker:
         return C.worker_main(*args.worker)
 
-    impls = ["ref", "ours"] if args.impl == "both" else [args.impl]
+    ours_labels = ["ours"] if not args.backend else [f"ours:{b}" for b in args.backend]
+    impls = (["ref"] if args.impl in ("both", "ref") else []) + (ours_labels if args.impl != "ref" else [])
     modes = list(MODES) if args.mode == "both" else [args.mode]
     wait_idle = args.wait_idle if args.wait_idle is not None else (300.0 if args.device == "cpu" else 0.0)
     max_retries = args.max_retries if args.max_retries is not None else 2 * args.reps
@@ -95,11 +97,12 @@ def main(argv=None) -> int:
         for mode in modes:
             row = {"config": label, "mode": mode, "cfg": cfg}
             for impl in impls:
+                backend = impl.split(":", 1)[1] if ":" in impl else None
                 spec = dict(
-                    impl=impl, cfg=cfg, label=label, mode=mode, device=args.device, seed=args.seed,
+                    impl=impl.split(":")[0], cfg=cfg, label=label, mode=mode, device=args.device, seed=args.seed,
                     systems={"kind": "oc20", "count": args.systems, "seed": args.seed},
                     reps=args.reps, warmup=args.warmup, threads=args.threads, amp=args.amp,
-                    backend=args.backend, mem_limit_gb=mem_limit if args.device == "cpu" else None,
+                    backend=backend, mem_limit_gb=mem_limit if args.device == "cpu" else None,
                     wait_idle=wait_idle, max_retries=max_retries,
                 )
                 print(f"== {label} {mode} {impl} ...", flush=True)
@@ -114,25 +117,34 @@ def main(argv=None) -> int:
                           f"threads {r['threads']}", flush=True)
                 else:
                     print(f"   {impl}: {r['status']}: {r.get('error', '')[:500]}", flush=True)
-            ref, ours = row.get("ref"), row.get("ours")
+            ref, ours = row.get("ref"), row.get(ours_labels[0])
             if ref and ours and ref.get("status") == ours.get("status") == "ok" and mode == "inference":
                 e_r, e_o = ref["sample"]["energy"], ours["sample"]["energy"]
                 row["energy_max_abs_diff"] = max(abs(a - b) for a, b in zip(e_r, e_o))
                 row["forces_rms_ref_ours"] = [ref["sample"]["forces_rms"], ours["sample"]["forces_rms"]]
             results.append(row)
 
-    header = ["config", "mode", "atoms", "edges", "ref s", "ours s", "speed-up (ref/ours)",
-              "ref peak MB", "ours peak MB", "mem ratio (ours/ref)", "ref abs MB", "ours abs MB"]
+    header = ["config", "mode", "atoms", "edges", "ref s"]
+    for o in ours_labels:
+        header += [f"{o} s", f"speed-up ref/{o}"]
+    header += ["ref peak MB"]
+    for o in ours_labels:
+        header += [f"{o} peak MB", f"mem {o}/ref"]
+    if "ours:torch" in ours_labels and "ours:triton" in ours_labels:
+        header += ["triton speed-up over our torch path"]
     rows = []
     for row in results:
-        ref, ours = row.get("ref"), row.get("ours")
-        any_ok = next((r for r in (ref, ours) if r and r.get("status") == "ok"), {})
-        rows.append([
-            row["config"], row["mode"], any_ok.get("atoms", "-"), any_ok.get("edges", "-"),
-            C.fmt_time(ref), C.fmt_time(ours), C.ratio(ref, ours, "median_s"),
-            C.fmt_mb(ref), C.fmt_mb(ours), C.ratio(ours, ref, "peak_mb"),
-            C.fmt_mb(ref, "peak_abs_mb"), C.fmt_mb(ours, "peak_abs_mb"),
-        ])
+        ref = row.get("ref")
+        any_ok = next((row[i] for i in impls if row.get(i) and row[i].get("status") == "ok"), {})
+        cells = [row["config"], row["mode"], any_ok.get("atoms", "-"), any_ok.get("edges", "-"), C.fmt_time(ref)]
+        for o in ours_labels:
+            cells += [C.fmt_time(row.get(o)), C.ratio(ref, row.get(o), "median_s")]
+        cells += [C.fmt_mb(ref)]
+        for o in ours_labels:
+            cells += [C.fmt_mb(row.get(o)), C.ratio(row.get(o), ref, "peak_mb")]
+        if "ours:torch" in ours_labels and "ours:triton" in ours_labels:
+            cells += [C.ratio(row.get("ours:torch"), row.get("ours:triton"), "median_s")]
+        rows.append(cells)
     print()
     print(f"Machine: {machine['cpu_model']}; cores used (torch threads) {machine.get('torch_threads')} of "
           f"{machine['logical_cpus']} logical CPUs; {machine['mem_total_gb']} GB RAM; torch {machine.get('torch')}; "
@@ -153,7 +165,7 @@ def main(argv=None) -> int:
               "other processes during the kept timed runs (kept runs still contended, contended runs redone):")
         rows = []
         for row in results:
-            ref, ours = row.get("ref"), row.get("ours")
+            ref, ours = row.get("ref"), row.get(ours_labels[0])
             rows.append([row["config"], row["mode"], C.fmt_cpu(ref), C.fmt_cpu(ours),
                          C.ratio(ref, ours, "median_cpu_s"), C.fmt_contention(ref), C.fmt_contention(ours)])
         print(C.markdown_table(["config", "mode", "ref cpu s", "ours cpu s", "cpu ratio (ref/ours)", "ref others",
