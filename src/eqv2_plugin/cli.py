@@ -21,10 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from eqv2_plugin.data.cli import register as register_data
     from eqv2_plugin.integration.cli import register as register_checkpoints
+    from eqv2_plugin.leaderboard.cli import register as register_leaderboard
     from eqv2_plugin.launch.cli import register as register_launch
 
     register_data(sub)
     register_checkpoints(sub)
+    register_leaderboard(sub)
     register_launch(sub)
     return parser
 
