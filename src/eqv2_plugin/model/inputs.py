@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from eqv2_plugin.model.neighbors import radius_graph_pbc
+
 
 def check_inputs(data, max_num_elements: int) -> torch.Tensor:
     """Validate a batch; return the atomic numbers as ``long [N]``."""
@@ -67,29 +69,55 @@ def _check_no_duplicate_atoms(pos: torch.Tensor, batch: torch.Tensor) -> None:
 def compute_edges(model, data) -> tuple[torch.Tensor, torch.Tensor]:
     """``(edge_index [2, E], edge_vec [E, 3])`` with ``edge_vec = pos[src] - pos[tgt] + offset``.
 
-    With fairchem installed, its own graph code decides (on-the-fly radius graph
-    or the batch's stored one), so the edges and their vectors are exactly the
-    ones fairchem's models see. Without fairchem, a batch that carries its graph
-    (``edge_index``, and ``cell_offsets`` for periodic systems) is used as is.
+    * ``otf_graph`` with periodic boundaries (every OC20/OC22 config): our
+      linear-time radius graph (``model.neighbors``), edge for edge the graph
+      fairchem 1.10 builds, without its all-pairs cost;
+    * a batch that carries its graph (``otf_graph: False``) is used as stored;
+    * the remaining cases (``use_pbc: False`` or ``use_pbc_single``) go through
+      fairchem's own graph code, so they match fairchem's models exactly.
     """
+    if model.otf_graph and model.use_pbc and not model.use_pbc_single:
+        edge_index, offsets, _ = radius_graph_pbc(
+            data.pos, data.cell, data.natoms, model.cutoff, model.max_neighbors,
+            strict=model.enforce_max_neighbors_strictly, pbc=batch_pbc(data),
+        )
+        return edge_index, _edge_vectors(data, edge_index, offsets)
+    if not model.otf_graph and getattr(data, "edge_index", None) is not None:
+        offsets = getattr(data, "cell_offsets", None) if model.use_pbc else None
+        if model.use_pbc and offsets is None:
+            raise ValueError("EquiformerV2: a precomputed periodic graph needs cell_offsets in the batch")
+        return data.edge_index, _edge_vectors(data, data.edge_index, offsets)
     try:
         from eqv2_plugin.integration.graph import fairchem_edges
     except ImportError as exc:
-        missing = exc
-    else:
-        return fairchem_edges(model, data)
-    if getattr(data, "edge_index", None) is None:
         raise ValueError(
-            "EquiformerV2: the batch has no edge_index and fairchem-core, which builds radius graphs "
-            f"on the fly, cannot be imported ({missing}); install it or precompute the graph"
+            "EquiformerV2: this batch needs a graph built by fairchem-core (no stored edge_index, and "
+            f"use_pbc=False or use_pbc_single=True), which cannot be imported ({exc}); install it or "
+            "precompute the graph"
+        ) from exc
+    return fairchem_edges(model, data)
+
+
+def batch_pbc(data) -> tuple[bool, bool, bool]:
+    """Periodic directions of a batch: ``data.pbc [B, 3]`` if present (the same for every
+    system, as fairchem requires), else all periodic."""
+    pbc = getattr(data, "pbc", None)
+    if pbc is None:
+        return (True, True, True)
+    pbc = torch.atleast_2d(torch.as_tensor(pbc)).bool()
+    if bool((pbc.any(0) != pbc.all(0)).any()):
+        raise ValueError(
+            "EquiformerV2: the systems of this batch have different periodic directions (field `pbc`); "
+            "batch systems with the same pbc together"
         )
-    edge_index = data.edge_index
+    return tuple(bool(v) for v in pbc[0])
+
+
+def _edge_vectors(data, edge_index: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    """``pos[src] - pos[tgt] + offsets @ cell`` (offsets in cell vectors, per edge)."""
     src, tgt = edge_index
     edge_vec = data.pos[src] - data.pos[tgt]
-    if model.use_pbc:
-        offsets = getattr(data, "cell_offsets", None)
-        if offsets is None:
-            raise ValueError("EquiformerV2: a precomputed periodic graph needs cell_offsets in the batch")
+    if offsets is not None:
         cell = data.cell[data.batch[src]]  # [E, 3, 3]
         edge_vec = edge_vec + torch.bmm(offsets.to(cell.dtype)[:, None, :], cell)[:, 0]
-    return edge_index, edge_vec
+    return edge_vec
