@@ -54,9 +54,11 @@ class _GridSiLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, to_grid, from_grid = ctx.saved_tensors
-        if torch.is_grad_enabled():  # double backward: one differentiable expression
+        if torch.is_grad_enabled():  # double backward (aten's silu_backward has no derivative)
+            pre = _grid(x, to_grid)
+            sig = torch.sigmoid(pre)
             upstream = torch.matmul(from_grid.t(), grad_out)
-            return _back(torch.ops.aten.silu_backward(upstream, _grid(x, to_grid)), to_grid.t()), None, None, None
+            return _back(upstream * sig * (1 + pre * (1 - sig)), to_grid.t()), None, None, None
         grad_x = torch.empty_like(x)
         for s, e in _chunks(x.shape[0], ctx.chunk):
             upstream = torch.matmul(from_grid.t(), grad_out[s:e])  # [R, G, C]
