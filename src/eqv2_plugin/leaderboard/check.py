@@ -125,7 +125,7 @@ def _split_structure(split: str, a: dict[str, np.ndarray], task: str, benchmark:
             bad = np.flatnonzero(~np.isfinite(e.reshape(n)))
             if bad.size:
                 out.append(f"split {split!r}, id {str(ids[bad[0]])!r}: energy is {e.reshape(n)[bad[0]]} "
-                           f"({bad.size} non-finite energies in this split)")
+                           f"({bad.size} non-finite energ{'ies' if bad.size > 1 else 'y'} in this split)")
     if value_field:
         v, c = a[value_field], a["chunk_idx"]
         if v.ndim != 2 or v.shape[1] != 3:
@@ -155,7 +155,7 @@ def _split_structure(split: str, a: dict[str, np.ndarray], task: str, benchmark:
             owner = _owner(int(bad_rows[0]), c)
             out.append(
                 f"split {split!r}, id {str(ids[owner])!r}: {value_field} has non-finite values "
-                f"({bad_rows.size} rows in this split)"
+                f"({bad_rows.size} such row{'s' if bad_rows.size > 1 else ''} in this split)"
             )
     return out
 

@@ -167,6 +167,7 @@ def _fmt(value: float | None) -> str:
 
 
 def write_json(result: Mapping[str, Any], out: Path) -> Path:
+    """Write ``evaluate``'s result to ``out`` as indented JSON; returns the path."""
     out = Path(out).expanduser()
     if out.is_dir():
         raise UserInputError(f"--out: {out} is a folder; give a .json file name")

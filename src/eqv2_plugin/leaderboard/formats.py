@@ -71,6 +71,7 @@ def default_s2ef_dtype(benchmark: str) -> str:
 
 
 def key(split: str, field: str) -> str:
+    """The submission key of one split's field, e.g. ``ood_ads_chunk_idx``."""
     return f"{split}_{field}"
 
 
@@ -105,15 +106,6 @@ def infer_task(fields: Iterable[str], where: str) -> str:
 def infer_benchmark(splits: Iterable[str]) -> str:
     """``oc22`` when the splits are OC22's (id, ood), else ``oc20``."""
     return "oc22" if set(splits) <= set(BENCHMARK_SPLITS["oc22"]) and "ood" in set(splits) else "oc20"
-
-
-def check_choice(value: str | None, choices: Iterable[str], flag: str) -> str | None:
-    if value is None:
-        return None
-    choices = tuple(choices)
-    if value not in choices:
-        raise UserInputError(f"{flag}: unknown value {value!r}; choose from {', '.join(choices)}")
-    return value
 
 
 def system_id(data: object, with_fid: bool) -> str:
