@@ -164,8 +164,10 @@ def build_models(cfg: dict, impl: str, seed: int, backend: str | None = None):
     warnings.filterwarnings("ignore")
     from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2 as Ref
 
+    ref_names, ref_any = accepted_kwargs(Ref)
+    ref_cfg = cfg if ref_any else {k: v for k, v in cfg.items() if k in ref_names}  # ours-only keys (--set)
     torch.manual_seed(seed)
-    ref = Ref(**cfg)
+    ref = Ref(**ref_cfg)
     info = {"params": sum(p.numel() for p in ref.parameters())}
     if impl == "ref":
         return ref, info

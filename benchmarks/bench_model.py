@@ -26,6 +26,8 @@ import os
 import sys
 import time
 
+import yaml
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
@@ -50,6 +52,8 @@ def parse_args(argv=None):
                    help="our model's kernel_backend, one or several (e.g. 'torch triton': each is measured "
                         "as its own column, with the triton/torch ratio); default: the model's default")
     p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys for both implementations (YAML values), e.g. activation_checkpoint=true")
     p.add_argument("--mem-limit-gb", type=float, default=None,
                    help="CPU workers: memory cap in GB (resident memory a worker may reach, enforced with RLIMIT_AS; default 0.9 x MemAvailable; 0 = none)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
@@ -93,6 +97,9 @@ def main(argv=None) -> int:
         cfg = dict(C.CONFIGS[name])
         if args.layers:
             cfg["num_layers"] = args.layers
+        for item in args.set:
+            key, _, value = item.partition("=")
+            cfg[key] = yaml.safe_load(value)
         label = name if not args.layers else f"{name}/{args.layers}L"
         for mode in modes:
             row = {"config": label, "mode": mode, "cfg": cfg}

@@ -89,20 +89,26 @@ def test_gradient_force_model_rejects_force_head_weights_unless_not_strict():
     assert not result.missing_keys and all(k.startswith("force_head.") for k in result.unexpected_keys)
 
 
-def test_activation_checkpointing_gives_the_same_gradients(batch_atoms):
+@pytest.mark.parametrize("direct_forces", [True, False])
+def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces):
+    """Storing everything, recomputing the edge messages (default), recomputing whole blocks,
+    and both: the same parameter gradients, also through second derivatives (gradient forces)."""
     grads = []
-    for checkpointing in (False, True):
+    for checkpointing, recompute_edges in ((False, False), (False, True), (True, False), (True, True)):
         torch.manual_seed(0)
         model = eqv2_plugin.EquiformerV2(
-            **{**CFG, "num_layers": 2, "alpha_drop": 0.0, "drop_path_rate": 0.0},
-            edge_frame="deterministic", activation_checkpoint=checkpointing,
+            **{**CFG, "num_layers": 2, "alpha_drop": 0.1, "drop_path_rate": 0.1},
+            edge_frame="deterministic", activation_checkpoint=checkpointing, recompute_edges=recompute_edges,
+            direct_forces=direct_forces,
         ).train()
+        torch.manual_seed(1)  # the same dropout masks in every run
         out = model(to_batch(batch_atoms))
         (out["energy"].sum() + out["forces"].pow(2).sum()).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7), name
+    for other in grads[1:]:
+        assert grads[0].keys() == other.keys()
+        for name in grads[0]:
+            assert torch.allclose(grads[0][name], other[name], rtol=1e-5, atol=1e-7), name
 
 
 @pytest.mark.parametrize(

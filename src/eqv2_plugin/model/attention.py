@@ -7,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from eqv2_plugin.escn.so2 import SO2Convolution
 from eqv2_plugin.layers.activations import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU
@@ -48,8 +49,10 @@ class EdgeAttention(nn.Module):
         use_gate_act: bool = False,
         use_sep_s2_act: bool = True,
         alpha_drop: float = 0.0,
+        recompute_edges: bool = True,
     ):
         super().__init__()
+        self.recompute_edges = recompute_edges
         L = layout.lmax
         self.layout = layout
         self.num_heads, self.alpha_channels, self.value_channels = num_heads, alpha_channels, value_channels
@@ -99,15 +102,24 @@ class EdgeAttention(nn.Module):
             graph.edge_scalars, graph.atomic_numbers, graph.edge_index, self.src_embedding, self.tgt_embedding
         )
 
-    def forward(self, x: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:
-        E = graph.edge_index.shape[1]
-        edge_in = self.edge_inputs(graph)
+    def edge_messages(self, x: torch.Tensor, edge_in: torch.Tensor, graph: EdgeGraph):
+        """Gather, rotate, radial-weighted first SO(2) convolution: ``-> ([E, K, hidden], [E, extra])``."""
         msg = graph.ops.gather_rotate(x, graph.rotation, graph.edges)  # [E, K, 2C]
         if self.use_m_share_rad:
             # per-degree weights commute with the block-diagonal rotation: apply them in the edge frame
-            w = self.shared_radial(edge_in).reshape(E, self.layout.lmax + 1, -1)
+            w = self.shared_radial(edge_in).reshape(msg.shape[0], self.layout.lmax + 1, -1)
             msg = msg * w[:, self.edge_degree]
-        hidden, extra = self.conv1(msg, None if self.use_m_share_rad else edge_in)
+        return self.conv1(msg, None if self.use_m_share_rad else edge_in)
+
+    def forward(self, x: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:
+        E = graph.edge_index.shape[1]
+        edge_in = self.edge_inputs(graph)
+        if self.recompute_edges and torch.is_grad_enabled() and (x.requires_grad or edge_in.requires_grad):
+            # the rotated messages [E, K, 2C], the radial weights and their products are the largest
+            # tensors of a layer and cheap to rebuild: recompute them in the backward pass
+            hidden, extra = checkpoint(self.edge_messages, x, edge_in, graph, use_reentrant=False)
+        else:
+            hidden, extra = self.edge_messages(x, edge_in, graph)
         logits, act_scalars = extra[:, : self.num_logits], extra[:, self.num_logits :]
         if self.use_gate_act:
             hidden = self.act(act_scalars, hidden)

@@ -42,6 +42,10 @@ class EquiformerV2Backbone(nn.Module):
         kernel_backend: ``"auto"`` (default: Triton kernels on CUDA, PyTorch on
             CPU), ``"torch"`` or ``"triton"``; the implementation of the eSCN
             hot path (``escn.backend``). Same function either way.
+        recompute_edges: ``True`` (default) rebuilds each attention's rotated
+            messages and radial weights in the backward pass instead of storing
+            them (about a third of the training memory, ~10% more compute);
+            ``activation_checkpoint`` recomputes whole blocks.
 
     ``forward(data)`` returns ``{"node_embedding": [N, (L+1)^2, C], "graph": EdgeGraph}``.
     ``data`` needs ``pos [N,3]``, ``atomic_numbers [N]``, ``batch [N]``,
@@ -96,6 +100,7 @@ class EquiformerV2Backbone(nn.Module):
         edge_frame: str = "random",
         direct_forces: bool = True,
         kernel_backend: str = "auto",
+        recompute_edges: bool = True,
     ):
         super().__init__()
         lmax_list = [6] if lmax_list is None else list(lmax_list)
@@ -130,6 +135,7 @@ class EquiformerV2Backbone(nn.Module):
         self.activation_checkpoint = bool(activation_checkpoint)
         self.edge_frame = edge_frame
         self.kernel_backend = kernel_backend
+        self.recompute_edges = bool(recompute_edges)
         self.layout = EdgeLayout(lmax, mmax)
 
         self.atom_embedding = nn.Embedding(max_num_elements, sphere_channels)
@@ -166,6 +172,7 @@ class EquiformerV2Backbone(nn.Module):
             use_atom_edge_embedding=self.block_use_atom_edge_embedding,
             use_m_share_rad=self.use_m_share_rad, use_attn_renorm=self.use_attn_renorm,
             use_gate_act=self.use_gate_act, use_sep_s2_act=self.use_sep_s2_act, alpha_drop=alpha_drop,
+            recompute_edges=self.recompute_edges,
         )
 
     def make_ffn(self, out_channels: int) -> FeedForward:
