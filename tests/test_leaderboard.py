@@ -477,3 +477,31 @@ def test_float16_overflow_is_refused(tmp_path):
     with pytest.raises(UserInputError, match="split 'id'.*beyond float16"):
         load_s2ef(path, "id", "float16")
     assert load_s2ef(path, "id", "float32")["energy"].dtype == np.float32
+
+
+def test_is2re_direct_predictions_use_sids(tmp_path):
+    """An IS2RE-direct model's is2re_predictions.npz has ids "sid_fid": the submission wants "sid"."""
+    from eqv2_plugin.errors import UserInputError
+    from eqv2_plugin.leaderboard.submission import load_is2re
+
+    path = tmp_path / "is2re_predictions.npz"
+    np.savez(path, ids=np.array(["11000000_0", "11000001_0"]), energy=np.array([[1.5], [2.5]], dtype=np.float16))
+    got = load_is2re(path, "id", "oc20")
+    assert got["ids"].tolist() == ["11000000", "11000001"]
+    assert got["energy"].shape == (2,) and got["energy"].dtype == np.float16
+    with pytest.raises(UserInputError, match="split 'id'.*float16.*OC22"):
+        load_is2re(path, "id", "oc22")
+
+
+def test_predict_splits_refuses_to_reuse_outputs(tmp_path, capsys):
+    cfg, ckpt = tmp_path / "c.yml", tmp_path / "c.pt"
+    cfg.write_text("trainer: equiformerv2_forces\n")
+    ckpt.write_bytes(b"")
+    split = tmp_path / "lmdb"
+    split.mkdir()
+    (tmp_path / "pred" / "is2re" / "id").mkdir(parents=True)
+    (tmp_path / "pred" / "is2re" / "id" / "11000000.traj").write_bytes(b"")
+    assert main(["predict-splits", "--mode", "run-relaxations", "--config-yml", str(cfg), "--checkpoint", str(ckpt),
+                 "--test-data", f"id={split}", "--out", str(tmp_path / "pred")]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "is2re/id" in err
