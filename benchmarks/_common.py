@@ -312,11 +312,11 @@ def _system_cpu_seconds() -> float | None:
 
 
 class _GraphOnly:
-    """Stand-in model for ``impl == "graph"``: only fairchem's on-the-fly radius graph,
-    the part of every forward call that is not model code."""
+    """Stand-in model for ``impl == "graph"`` (fairchem's on-the-fly radius graph, which the
+    reference builds in every forward) and ``impl == "graph_ours"`` (ours, same edges)."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, ours: bool = False):
+        self.cfg, self.ours = cfg, ours
 
     def to(self, device):
         return self
@@ -325,6 +325,12 @@ class _GraphOnly:
         return self
 
     def __call__(self, batch):
+        if self.ours:
+            from eqv2_plugin.model.neighbors import radius_graph_pbc as ours
+
+            edge_index, _, _ = ours(batch.pos, batch.cell, batch.natoms, self.cfg["max_radius"],
+                                    self.cfg["max_neighbors"], strict=True)
+            return {"edge_index": edge_index}
         from fairchem.core.common.utils import radius_graph_pbc
 
         edge_index, _, _ = radius_graph_pbc(batch, self.cfg["max_radius"], self.cfg["max_neighbors"],
@@ -374,8 +380,8 @@ def _measure(spec: dict) -> dict:
     atoms = atoms_for(spec["systems"])
     batch = to_batch(atoms)
     n_atoms = int(batch.natoms.sum())
-    if spec["impl"] == "graph":  # the radius graph alone (fairchem's, which both models call)
-        model, info = _GraphOnly(cfg), {}
+    if spec["impl"] in ("graph", "graph_ours"):  # a radius graph alone
+        model, info = _GraphOnly(cfg, ours=spec["impl"] == "graph_ours"), {}
     else:
         model, info = build_models(cfg, spec["impl"], spec["seed"], spec.get("backend"))
     model = model.to(device)
@@ -459,7 +465,7 @@ def _measure(spec: dict) -> dict:
         nsw = r1.ru_nivcsw - r0.ru_nivcsw
         # CPU used by all other processes during the run, as a fraction of the machine
         other = max(0.0, (s1 - s0) - cpu) / (dt * (os.cpu_count() or 1)) if s0 is not None else 0.0
-        if sample is None and spec["impl"] != "graph":
+        if sample is None and not spec["impl"].startswith("graph"):
             if mode == "inference":
                 sample = {
                     "energy": [float(v) for v in out["energy"].detach().reshape(-1).cpu()],
