@@ -140,14 +140,28 @@ def test_second_derivatives_match():
     _assert_same("double backward", _second_derivatives(_triton_ops()), _second_derivatives(TORCH_OPS))
 
 
-def test_half_precision_runs_and_is_close():
-    """fp16 inputs: fp16 outputs accumulated in fp32, within fp16 rounding of the fp32 result."""
-    layout, rotation, edges, g = _edges(4, 2, 21, 5, seed=11)
-    x = torch.randn(5, 25, 16, generator=g).to(DEVICE)
-    exact = TORCH_OPS.gather_rotate(x, rotation, edges).detach()
-    half = _triton_ops().gather_rotate(x.half(), rotation, edges)
-    assert half.dtype == torch.float16
-    assert rel_err(half.float(), exact) < 5e-3
+@pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else []))
+def test_autocast_half_precision(dtype):
+    """Under autocast the kernels take half-precision inputs (accumulating in fp32) and agree
+    with the torch path under the same autocast to half-precision rounding. (bf16 only on a
+    GPU: the interpreter computes with numpy, which has no bf16.)"""
+    layout, rotation, edges, g = _edges(4, 2, 37, 7, seed=11)
+    x = torch.randn(7, 25, 16, generator=g).to(DEVICE)
+    values = torch.randn(37, layout.num_coefficients, 16, generator=g).to(DEVICE)
+    alpha = torch.rand(37, 4, generator=g).to(DEVICE)
+    to_grid, from_grid = (m.float().to(DEVICE) for m in s2_grid_matrices(4, 2, 18, layout.node_index))
+    results = {}
+    for name, ops in (("torch", TORCH_OPS), ("triton", _triton_ops())):
+        with torch.no_grad(), torch.autocast(DEVICE.type, dtype=dtype):
+            results[name] = (
+                ops.gather_rotate(x, rotation, edges),
+                ops.rotate_scatter(values, rotation, edges, alpha, 7),
+                ops.grid_silu(values, to_grid, from_grid),
+            )
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    for ours, ref in zip(results["triton"], results["torch"]):
+        assert ours.dtype == dtype
+        assert rel_err(ours.float(), ref.float()) < tol
 
 
 @pytest.fixture(scope="module")
