@@ -88,7 +88,7 @@ JobCompType=jobcomp/none
 ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
-KillWait=2
+KillWait=1
 MinJobAge=600
 InactiveLimit=0
 Waittime=0

@@ -1,4 +1,4 @@
-"""``eqv2-plugin submit`` and ``eqv2-plugin merge-relaxations``.
+"""``eqv2-plugin submit``, ``merge-relaxations`` and ``shard-metadata``.
 
 Only argparse lives here; fairchem and submitit are imported when a command runs.
 """
@@ -29,7 +29,7 @@ To continue a finished or cancelled run by hand, submit again with its --timesta
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``submit`` and ``merge-relaxations`` to the ``eqv2-plugin`` subcommands."""
+    """Add ``submit``, ``merge-relaxations`` and ``shard-metadata`` to the ``eqv2-plugin`` subcommands."""
     p = subparsers.add_parser(
         "submit",
         help="run fairchem training/prediction/relaxations as a requeueable Slurm job (submitit)",
@@ -100,6 +100,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the relaxation set (dataset.relax.src): check that every system is in exactly one shard")
     m.set_defaults(func=_run_merge)
 
+    sm = subparsers.add_parser(
+        "shard-metadata",
+        help="metadata.npz for one shard of a relaxation set (for fairchem's dataset.relax.shard)",
+        description=(
+            "fairchem 1.10 shards a relaxation set (dataset.relax.shard/total_shards) but checks the\n"
+            "whole set's metadata.npz against the shard and fails. This writes the shard's own\n"
+            "metadata.npz and prints its path (nothing when the set has no metadata.npz); pass it\n"
+            "to fairchem as --dataset.relax.metadata_path=PATH. Used by slurm/relax_array.sh."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = sm.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config-yml", type=Path, metavar="YML", help="fairchem config with dataset.relax.src")
+    src.add_argument("--src", type=Path, metavar="LMDB", help="the relaxation set itself")
+    sm.add_argument("--shard", type=int, required=True)
+    sm.add_argument("--shards", type=int, required=True)
+    sm.add_argument("--out", type=Path, required=True, help="metadata .npz to write")
+    sm.set_defaults(func=_run_shard_metadata)
+
 
 def _run_submit(args: argparse.Namespace) -> int:
     from eqv2_plugin.errors import UserInputError
@@ -147,6 +166,16 @@ def _run_submit(args: argparse.Namespace) -> int:
     print(f"resume: requeued automatically on preemption/timeout; by hand: the same command with "
           f"--timestamp-id {config['timestamp_id']}")
     print(f"watch: squeue -j {job.job_id}; tail -f {job.paths.stdout}")
+    return 0
+
+
+def _run_shard_metadata(args: argparse.Namespace) -> int:
+    from eqv2_plugin.launch.relax_shards import relax_src_from_config, write_shard_metadata
+
+    src = args.src if args.src is not None else relax_src_from_config(args.config_yml)
+    out = write_shard_metadata(src, args.shard, args.shards, args.out)
+    if out is not None:
+        print(out)
     return 0
 
 

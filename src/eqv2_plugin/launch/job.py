@@ -88,7 +88,8 @@ def make_saves_atomic(trainer: Any) -> None:
     def save(metrics: Any = None, checkpoint_file: str = "checkpoint.pt", training_state: bool = True) -> Any:
         if not checkpoint_file.endswith(".pt"):
             return original(metrics=metrics, checkpoint_file=checkpoint_file, training_state=training_state)
-        partial = original(metrics=metrics, checkpoint_file=f".{checkpoint_file}.partial",
+        # per process: a previous attempt that Slurm has not finished killing may still be saving
+        partial = original(metrics=metrics, checkpoint_file=f".{checkpoint_file}.{os.getpid()}.partial",
                            training_state=training_state)
         if partial is None:  # not rank 0, or debug mode
             return None

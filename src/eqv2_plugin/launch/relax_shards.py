@@ -70,6 +70,41 @@ def merge_relaxed_positions(
     return merged
 
 
+def relax_src_from_config(config_yml: Path) -> Path:
+    """``dataset.relax.src`` of a fairchem config (``includes:`` resolved as fairchem does)."""
+    from fairchem.core.common.utils import load_config
+
+    config, _, _ = load_config(str(config_yml))
+    dataset = config.get("dataset") or {}
+    relax = dataset.get("relax") if isinstance(dataset, dict) else None
+    if not relax or "src" not in relax:
+        raise UserInputError(f"{config_yml}: no dataset.relax.src (the relaxation set)")
+    return Path(relax["src"])
+
+
+def write_shard_metadata(src: Path, shard: int, total: int, out: Path) -> Path | None:
+    """Write the ``metadata.npz`` of one shard of ``src``; ``None`` if ``src`` has none.
+
+    fairchem's ``LmdbDataset`` shards with ``np.array_split`` of the indices, but reads the whole
+    set's ``metadata.npz`` and then fails ("Loaded metadata and dataset size mismatch"); give the
+    shard job ``--dataset.relax.metadata_path=<this file>``.
+    """
+    if not 0 <= shard < total:
+        raise UserInputError(f"shard {shard} of {total}: need 0 <= shard < shards")
+    src = Path(src)
+    meta = (src.parent if src.is_file() else src) / "metadata.npz"
+    if not meta.is_file():
+        return None
+    with np.load(meta, allow_pickle=True) as data:
+        fields = {key: data[key] for key in data.files}
+    count = len(fields["natoms"])
+    keep = np.array_split(np.arange(count), total)[shard]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **{key: (value[keep] if len(value) == count else value) for key, value in fields.items()})
+    return out
+
+
 def lmdb_system_ids(src: Path) -> list[str]:
     """The ``sid`` of every entry of a fairchem LMDB folder or file (as fairchem writes them)."""
     from fairchem.core.datasets.lmdb_dataset import LmdbDataset
