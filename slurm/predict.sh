@@ -8,7 +8,7 @@
 # submission file from OUT_DIR/*.npz.
 #
 # Run from a login node (the script submits itself; settings below come from the environment):
-#   CONFIG=configs/oc20/s2ef/eqv2_31M.yml CHECKPOINT=runs/checkpoints/<id>/best_checkpoint.pt \
+#   CONFIG=configs/oc20/s2ef/all_md/eqv2_31M.yml CHECKPOINT=runs/checkpoints/<id>/best_checkpoint.pt \
 #   DATA_ROOT=data/s2ef/all SPLITS="test_id test_ood_ads test_ood_cat test_ood_both" \
 #   PARTITION=gpu bash slurm/predict.sh
 # or submit it yourself with --array=0-<number of splits - 1> and --export=ALL,CONFIG=...,...

@@ -9,10 +9,11 @@
 #
 # Run from a login node (the script submits the array and the merge job; settings below come
 # from the environment):
-#   CONFIG=configs/oc20/is2re/eqv2_relax.yml CHECKPOINT=runs/checkpoints/<id>/best_checkpoint.pt \
-#   SHARDS=16 PARTITION=gpu OUT=runs/relax/test_id.npz TRAJ_DIR=runs/relax/test_id_trajs \
-#   bash slurm/relax_array.sh
-# CONFIG must have dataset.relax.src and the task's relaxation keys (relaxation_steps, relax_opt...).
+#   CONFIG=configs/oc20/is2re/eqv2_relax.yml CHECKPOINT=/path/to/eq2_153M_ec4_allmd.pt \
+#   RELAX_SRC=/data/is2re/all/test_id/data.lmdb SHARDS=16 PARTITION=gpu \
+#   OUT=runs/relax/test_id.npz TRAJ_DIR=runs/relax/test_id_trajs bash slurm/relax_array.sh
+# CONFIG must have the task's relaxation keys (relaxation_steps, relax_opt, ...) and
+# dataset.relax.src unless RELAX_SRC is given.
 
 # ---- settings: override any of them from the environment --------------------------------------
 export PARTITION="${PARTITION:-}"            # Slurm partition (empty: the cluster's default)
@@ -29,7 +30,7 @@ export CHECKPOINT="${CHECKPOINT:-}"          # best_checkpoint.pt (required)
 export RUN_DIR="${RUN_DIR:-$PWD/runs}"       # fairchem's results/<TAG>-shard<i>/ go here
 export OUT="${OUT:-$RUN_DIR/relaxed_positions.npz}"  # the merged file
 export TRAJ_DIR="${TRAJ_DIR:-}"              # task.relax_opt.traj_dir (empty: the config's; a fresh folder per run)
-export RELAX_SRC="${RELAX_SRC:-}"            # dataset.relax.src: the merge then checks that no system is missing
+export RELAX_SRC="${RELAX_SRC:-}"            # the relaxation set (dataset.relax.src; empty: the config's); the merge checks it is complete
 export TAG="${TAG:-}"                        # run id prefix (empty: relax-<date>, fixed at submission)
 export LOG_DIR="${LOG_DIR:-$RUN_DIR/slurm_logs}"
 export FAIRCHEM="${FAIRCHEM:-fairchem}"      # fairchem of the environment with eqv2-plugin installed
@@ -55,6 +56,7 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then  # login node: submit the array, then the 
     export CONFIG="$(realpath "$CONFIG")" CHECKPOINT="$(realpath "$CHECKPOINT")" RUN_DIR="$(realpath -m "$RUN_DIR")"
     export OUT="$(realpath -m "$OUT")" LOG_DIR="$(realpath -m "$LOG_DIR")"
     [[ -n "$TRAJ_DIR" ]] && export TRAJ_DIR="$(realpath -m "$TRAJ_DIR")"
+    [[ -n "$RELAX_SRC" ]] && export RELAX_SRC="$(realpath "$RELAX_SRC")"
     export TAG="${TAG:-relax-$(date +%Y-%m-%d-%H-%M-%S)}"
     mkdir -p "$LOG_DIR"
     array="0-$(( SHARDS - 1 ))${MAX_PARALLEL:+%$MAX_PARALLEL}"
@@ -86,7 +88,13 @@ case "${EQV2_STAGE:-shard}" in
         relax_flags=()
         [[ -n "$TRAJ_DIR" ]] && { mkdir -p "$TRAJ_DIR"; relax_flags+=("--task.relax_opt.traj_dir=$TRAJ_DIR"); }
         # fairchem checks the whole set's metadata.npz against the shard: give it the shard's own
-        meta=$("$EQV2_PLUGIN" shard-metadata --config-yml "$CONFIG" --shard "$shard" --shards "$SHARDS" \
+        if [[ -n "$RELAX_SRC" ]]; then
+            relax_flags+=("--dataset.relax.src=$RELAX_SRC")
+            set_flags=(--src "$RELAX_SRC")
+        else
+            set_flags=(--config-yml "$CONFIG")
+        fi
+        meta=$("$EQV2_PLUGIN" shard-metadata "${set_flags[@]}" --shard "$shard" --shards "$SHARDS" \
             --out "$RUN_DIR/results/$TAG-shard$shard.metadata.npz")
         [[ -n "$meta" ]] && relax_flags+=("--dataset.relax.metadata_path=$meta")
         echo "job $SLURM_JOB_ID on $(hostname): shard $shard of $SHARDS"

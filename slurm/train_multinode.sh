@@ -8,7 +8,7 @@
 # use `eqv2-plugin submit --nodes N --gpus-per-node G` (or `--cpu`) instead.
 #
 # Run (not through sbatch):
-#   CONFIG=configs/oc20/s2ef/eqv2_153M.yml PARTITION=gpu NODES=4 GPUS_PER_NODE=8 TIME_HOURS=48 \
+#   CONFIG=configs/oc20/s2ef/all_md/eqv2_153M.yml PARTITION=gpu NODES=4 GPUS_PER_NODE=8 TIME_HOURS=48 \
 #       bash slurm/train_multinode.sh
 # fairchem's job requeues itself on preemption/timeout (up to 3 timeouts) and resumes from
 # checkpoint.pt with the same run id.

@@ -8,7 +8,7 @@
 # after preemption, use `eqv2-plugin submit`.
 #
 # Run from a login node (the script submits itself; settings below come from the environment):
-#   CONFIG=configs/oc20/s2ef/eqv2_31M.yml PARTITION=gpu GPUS_PER_NODE=4 TIME_LIMIT=24:00:00 \
+#   CONFIG=configs/oc20/s2ef/all_md/eqv2_31M.yml PARTITION=gpu GPUS_PER_NODE=4 TIME_LIMIT=24:00:00 \
 #       bash slurm/train_single_node.sh
 # or submit it yourself (the sbatch options then come from your command line):
 #   sbatch --partition=gpu --gpus-per-node=4 --time=24:00:00 --export=ALL,CONFIG=...,GPUS_PER_NODE=4 \

@@ -257,3 +257,57 @@ def test_missing_sbatch_says_so(tmp_path):
                           capture_output=True, text=True, env={"PATH": str(BIN), "HOME": str(tmp_path)}, timeout=120)
     assert proc.returncode == 2
     assert "`sbatch`" in proc.stderr and "not found on PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gpu_request_on_a_cpu_only_cluster_is_refused_with_the_fix(slurm_cluster, tmp_path):
+    config = write_config(tmp_path / "c.yml", {"trainer": "equiformerv2_forces", "optim": {"num_workers": 0}})
+    proc = subprocess.run([str(BIN / "eqv2-plugin"), "submit", "--config-yml", str(config), "--partition", "debug",
+                           "--gpus-per-node", "1", "--time", "5", "--run-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, env=slurm_cluster["env"], timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("eqv2-plugin submit: error: 1 GPU(s) per node") and "--cpu" in message, proc.stderr
+    assert not any((tmp_path / "runs" / "checkpoints").iterdir())  # no run folder left behind
+
+
+def test_scheduler_alignment_steps_only_a_lagging_scheduler():
+    """On fairchem's own cosine scheduler: a state saved before scheduler.step() is advanced to
+    the uninterrupted run's learning rate; a consistent state is left alone."""
+    from types import SimpleNamespace
+
+    from fairchem.core.models.equiformer_v2.trainers.lr_scheduler import LRScheduler
+
+    from eqv2_plugin.launch.job import align_scheduler_with_step
+
+    optim = {"scheduler": "LambdaLR", "scheduler_params": {"lambda_type": "cosine", "warmup_factor": 0.2,
+                                                           "warmup_epochs": 2, "epochs": 20, "lr_min_factor": 0.01}}
+
+    def trainer_at(step: int, lagging: bool) -> SimpleNamespace:
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+        sched = LRScheduler(opt, optim)
+        for _ in range(step - 1 if lagging else step):
+            opt.step()
+            sched.step()
+        return SimpleNamespace(scheduler=sched, step=step)
+
+    for step in (1, 5, 19):
+        reference = trainer_at(step, lagging=False)
+        lagging = trainer_at(step, lagging=True)
+        assert lagging.scheduler.get_lr() != pytest.approx(reference.scheduler.get_lr())
+        assert align_scheduler_with_step(lagging) is True
+        assert lagging.scheduler.get_lr() == reference.scheduler.get_lr()
+        assert lagging.scheduler.scheduler.last_epoch == step
+        assert align_scheduler_with_step(reference) is False
+        assert align_scheduler_with_step(lagging) is False  # idempotent
+    assert align_scheduler_with_step(trainer_at(0, lagging=False)) is False
+
+
+def test_time_limits_parse_like_slurm():
+    from eqv2_plugin.errors import UserInputError
+    from eqv2_plugin.launch.submit import parse_time
+
+    assert [parse_time(t) for t in ("90", "01:30:00", "1-00:00:00", "2-12", "10:30", "00:00:01")] == \
+        [90, 90, 1440, 3600, 11, 1]
+    for bad in ("", "1h", "0", "00:00:00"):
+        with pytest.raises(UserInputError):
+            parse_time(bad)

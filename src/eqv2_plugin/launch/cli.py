@@ -11,7 +11,7 @@ from pathlib import Path
 _SUBMIT_EPILOG = """\
 examples:
   # 2 GPU nodes x 4 GPUs (NCCL), 12 h, requeued up to 3 times on timeout:
-  eqv2-plugin submit --config-yml configs/oc20/s2ef/eqv2_31M.yml --partition gpu --account proj \\
+  eqv2-plugin submit --config-yml configs/oc20/s2ef/all_md/eqv2_31M.yml --partition gpu --account proj \\
       --nodes 2 --gpus-per-node 4 --time 12:00:00 --identifier eqv2_31M
 
   # CPU nodes (gloo), 2 ranks per node, a config override after `--`:
@@ -151,8 +151,16 @@ def _run_submit(args: argparse.Namespace) -> int:
         print_every=args.print_every, amp=args.amp, overrides=args.overrides,
     )
     logdir = (args.logdir or run_dir / "slurm").absolute()
-    job = submit(config, request, logdir)
     paths = run_paths(config)
+    try:
+        job = submit(config, request, logdir)
+    except BaseException:
+        if args.timestamp_id is None:  # the run folder claimed for this submission stays empty
+            try:
+                paths["checkpoints"].rmdir()
+            except OSError:
+                pass
+        raise
     ranks = request.nodes * request.ranks_per_node
     device = "cpu (gloo)" if args.cpu else f"{request.gpus_per_node} GPU(s)/node (nccl)"
     print(f"job_id: {job.job_id}")

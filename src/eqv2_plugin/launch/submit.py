@@ -127,7 +127,18 @@ def build_fairchem_config(
         config = build_config(args, list(overrides or []))
     except (ValueError, KeyError) as exc:
         raise UserInputError(f"--config-yml {config_yml}: {exc}") from exc
-    config["timestamp_id"] = timestamp_id or new_timestamp_id(identifier)
+    if timestamp_id is None:  # claim a new run folder now (two submissions in the same second)
+        base = new_timestamp_id(identifier)
+        for n in range(1, 1000):
+            timestamp_id = base if n == 1 else f"{base}-{n}"
+            try:
+                (run_dir / "checkpoints" / timestamp_id).mkdir(parents=True)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise UserInputError(f"--run-dir {run_dir}: could not claim a new run folder for {base}")
+    config["timestamp_id"] = timestamp_id
     config["run_dir"] = str(run_dir.absolute())
     config["slurm"] = {}
     return config
@@ -136,6 +147,7 @@ def build_fairchem_config(
 def _translate_sbatch_error(message: str, request: SlurmRequest) -> UserInputError:
     text = message.strip().splitlines()
     reason = next((line for line in reversed(text) if "error" in line.lower()), text[-1] if text else message)
+    reason = re.sub(r"^(sbatch: )?error: (Batch job submission failed: )?", "", reason.strip())
     low = reason.lower()
     if "partition" in low and request.partition:
         hint = f"partition {request.partition!r}: {reason} (list partitions with `sinfo -s`; fix --partition)"
