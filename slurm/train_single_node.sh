@@ -62,6 +62,8 @@ fi
 export TIMESTAMP_ID="${TIMESTAMP_ID:-$(date +%Y-%m-%d-%H-%M-%S)-$IDENTIFIER}"
 device_flags=()
 (( GPUS_PER_NODE > 0 )) || device_flags+=(--cpu)
+# one share of the job's cores per rank (fairchem starts RANKS processes on this node)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CPUS_PER_TASK / RANKS > 0 ? CPUS_PER_TASK / RANKS : 1 ))}"
 echo "job $SLURM_JOB_ID on $(hostname): restart ${SLURM_RESTART_COUNT:-0}, run $TIMESTAMP_ID"
 # shellcheck disable=SC2086  # EXTRA_ARGS is a list of flags
 exec "$FAIRCHEM" --mode train --config-yml "$CONFIG" --num-gpus "$RANKS" "${device_flags[@]}" \

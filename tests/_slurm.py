@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def slurm_cluster():
         message = (f"{SKIP_VAR}=1: the Slurm tests are SKIPPED. They need a one-node Slurm cluster that "
                    "tools/slurm_cluster.sh installs (apt) and starts as root.")
         sys.stderr.write(f"\n{'!' * 80}\n{message}\n{'!' * 80}\n")
+        warnings.warn(message, stacklevel=1)
         pytest.skip(message)
     dir_ = os.environ.get("EQV2_SLURM_DIR", "/tmp/eqv2-slurm")
     conf = f"{dir_}/slurm.conf"

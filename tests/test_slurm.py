@@ -241,6 +241,23 @@ def test_prediction_template_runs_unchanged_with_overridden_variables(runs, data
     assert val_ood["energy"].shape == (len(val_ood["ids"]), 1) and len(val_ood["ids"]) == 12  # 3 systems x 4 frames
 
 
+def test_single_node_template_runs_fairchem_ranks_inside_the_allocation(runs, slurm_cluster):
+    """train_single_node.sh with GPUS_PER_NODE=0: `fairchem --num-gpus 2 --cpu` (gloo) in the job."""
+    work = runs["work"] / "single_node"
+    work.mkdir()
+    keys = _template(slurm_cluster, "train_single_node.sh", {
+        **CPU_JOB, "CPUS_PER_TASK": "2", "RANKS": "2", "CONFIG": str(runs["config"]), "RUN_DIR": str(work),
+        "IDENTIFIER": "ddp", "EXTRA_ARGS": "--seed 1 --print-every 1 --optim.max_epochs=1 --optim.batch_size=4 "
+                                          "--optim.eval_every=6 --optim.checkpoint_every=6 "
+                                          "--optim.scheduler_params.warmup_epochs=0.5"})
+    log = Path(keys["log"])
+    states = wait_jobs(slurm_cluster, [keys["job_id"]], 300, [log])
+    assert states == {keys["job_id"]: "COMPLETED"}, tail(log)
+    ckpt = torch.load(Path(keys["checkpoints"]) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["step"] == 6  # 48 frames / (2 ranks x 4)
+    assert "Running in local mode with 2 ranks" in log.read_text()
+
+
 def test_wrong_partition_is_named_with_the_fix(slurm_cluster, tmp_path):
     config = write_config(tmp_path / "c.yml", {"trainer": "equiformerv2_forces"})
     proc = subprocess.run([str(BIN / "eqv2-plugin"), "submit", "--config-yml", str(config), "--cpu",
