@@ -55,3 +55,28 @@ def test_so2_convolution_commutes_with_rolls_about_the_edge(lmax, mmax):
     yb, eb = conv(b.to_edge(node), scalars)
     assert torch.allclose(ea, eb, atol=1e-12)  # invariant outputs do not see the roll
     assert torch.allclose(a.from_edge(ya), b.from_edge(yb), atol=1e-12)  # equivariant outputs agree
+
+
+@pytest.mark.parametrize("with_alpha", [True, False])
+def test_rotate_scatter_backward_is_the_derivative(with_alpha):
+    """The torch path's rotate_scatter keeps only its inputs and rebuilds the rest in the backward
+    pass: first and second derivatives (values, Wigner rows, alpha) checked numerically."""
+    from eqv2_plugin.escn.edges import EdgeSegments
+    from eqv2_plugin.escn.torch_ops import TORCH_OPS
+
+    torch.manual_seed(0)
+    layout = EdgeLayout(3, 2)
+    E, N, C, H = 6, 4, 4, 2
+    edges = EdgeSegments(torch.tensor([[0, 1, 2, 3, 1, 0], [1, 2, 3, 0, 0, 0]]), N)
+    rotation = EdgeRotation(edge_frames(torch.randn(E, 3, dtype=torch.float64), mode="deterministic"), layout)
+    wigner = rotation.wigner.detach().requires_grad_(True)
+    values = torch.randn(E, layout.num_coefficients, C, dtype=torch.float64, requires_grad=True)
+    alpha = torch.rand(E, H, dtype=torch.float64, requires_grad=True) if with_alpha else None
+
+    def fn(v, w, *a):
+        rotation.wigner = w
+        return TORCH_OPS.rotate_scatter(v, rotation, edges, a[0] if a else None, N)
+
+    inputs = (values, wigner) + ((alpha,) if with_alpha else ())
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)

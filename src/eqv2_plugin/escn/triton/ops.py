@@ -14,11 +14,11 @@ path's ``bmm`` / ``matmul`` do); products accumulate in fp32 either way.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 
 from eqv2_plugin.escn.edges import EdgeSegments
 from eqv2_plugin.escn.rotation import EdgeRotation
+from eqv2_plugin.escn.torch_ops import rotate_scatter_grads
 from eqv2_plugin.escn.triton import kernels
 
 GRID_BLOCK = 32  # grid points per step of the on-chip S2 grid
@@ -153,7 +153,7 @@ class _RotateScatter(torch.autograd.Function):
         alpha = alpha_arg if ctx.has_alpha else None
         need_v, need_w, need_a = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3]
         if torch.is_grad_enabled():
-            grads = _rotate_scatter_grads_torch(grad, values, wigner, rescale, alpha, edges)
+            grads = rotate_scatter_grads(grad, values, wigner, rescale, alpha, edges)
             return grads[0], grads[1], None, grads[2], None, None
         grad = grad.contiguous()
         E, K, C = values.shape
@@ -184,24 +184,6 @@ class _RotateScatter(torch.autograd.Function):
                 )
                 grad_w[:, :K] = rows
         return grad_v, grad_w, None, grad_a, None, None
-
-
-def _rotate_scatter_grads_torch(grad, values, wigner, rescale, alpha, edges):
-    """Differentiable gradients of ``rotate_scatter`` w.r.t. values, wigner, alpha."""
-    E, K, C = values.shape
-    r = rescale.to(values.dtype)[None, :, None]
-    up = grad[edges.target]  # [E, S, C]
-    p = torch.bmm(wigner[:, :K], up) * r  # [E, K, C]
-    if alpha is not None:
-        H = alpha.shape[1]
-        a = alpha.repeat_interleave(C // H, dim=1)[:, None, :]
-        grad_v = p * a
-        grad_a = (values * p).sum(1).reshape(E, H, C // H).sum(-1)
-        weighted = values * r * a
-    else:
-        grad_v, grad_a, weighted = p, None, values * r
-    grad_w = F.pad(torch.bmm(weighted, up.transpose(1, 2)), (0, 0, 0, wigner.shape[1] - K))
-    return grad_v, grad_w, grad_a
 
 
 # --------------------------------------------------------------------------- grid_silu
