@@ -14,7 +14,7 @@ Same graph as fairchem (tested edge for edge):
   ``0.0001 < |x_j + offset - x_i|^2 <= radius^2`` (squared distances in the
   positions' dtype, as fairchem);
 * the neighbour cap keeps the ``max_neighbors`` nearest of each target ``i``
-  (ties broken by edge order); without ``strict``, every neighbour whose squared
+  (exact ties broken as fairchem breaks them); without ``strict``, every neighbour whose squared
   distance is within 0.01 of the first excluded one is kept too (fairchem's
   degeneracy tolerance, in squared Angstrom as in fairchem);
 * edges are ordered by target, then source, then image (fairchem's order, so
@@ -88,7 +88,9 @@ def radius_graph_pbc(
     hi = torch.full((num_systems, 3), float("-inf"), device=device, dtype=dtype)
     lo = lo.scatter_reduce(0, system[:, None].expand(-1, 3), pos, "amin")
     hi = hi.scatter_reduce(0, system[:, None].expand(-1, 3), pos, "amax")
-    shift = torch.einsum("ic,bcx->bix", images, cell)  # [B, I, 3] Cartesian image offsets
+    # [B, I, 3] Cartesian image offsets, computed as fairchem does so that distances (and the
+    # order of exactly tied neighbours under the cap) are bit-for-bit fairchem's
+    shift = torch.bmm(cell.transpose(1, 2), images.t()[None].expand(num_systems, 3, num_images)).transpose(1, 2)
     copy_pos = pos[:, None, :] + shift[system]  # [N, I, 3]
     inside = ((copy_pos >= (lo - radius)[system][:, None]) & (copy_pos <= (hi + radius)[system][:, None])).all(-1)
     copy_atom, copy_image = torch.nonzero(inside, as_tuple=True)
@@ -125,7 +127,8 @@ def radius_graph_pbc(
     first = torch.repeat_interleave(bin_start[key] - (torch.cumsum(count, 0) - count), count)
     candidate = first + torch.arange(target.shape[0], device=device)
 
-    dist_sq = ((copy_pos.index_select(0, candidate) - pos.index_select(0, target)) ** 2).sum(-1)
+    d = pos.index_select(0, target) - copy_pos.index_select(0, candidate)
+    dist_sq = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
     keep = (dist_sq <= radius * radius) & (dist_sq > SELF_DISTANCE_SQ)
     target, candidate, dist_sq = target[keep], candidate[keep], dist_sq[keep]
     source, image = copy_atom[candidate], copy_image[candidate]
@@ -141,20 +144,29 @@ def radius_graph_pbc(
 
 
 def _neighbour_cap(target, dist_sq, num_atoms: int, max_neighbors: int, strict: bool) -> torch.Tensor:
-    """``[E]`` bool: the edges kept by the cap (edges sorted by target)."""
+    """``[E]`` bool: the edges kept by the cap (edges in fairchem's order).
+
+    Exactly tied neighbours (symmetric slabs, crystals) make the choice arbitrary; to keep
+    fairchem's choice, the distances are laid out as fairchem lays them out (one row per target,
+    edges in order, padded with inf to the largest count) and sorted with the same
+    ``torch.sort``, whose order among equal keys is then the same.
+    """
     counts = torch.bincount(target, minlength=num_atoms)
-    if int(counts.max()) <= max_neighbors:
+    width = int(counts.max())
+    if width <= max_neighbors:
         return torch.ones_like(target, dtype=torch.bool)
-    # rank of each edge among its target's edges by distance (ties: edge order)
-    by_distance = torch.argsort(dist_sq, stable=True)
-    by_distance = by_distance[torch.argsort(target[by_distance], stable=True)]
     start = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(target)
-    rank[by_distance] = torch.arange(target.shape[0], device=target.device) - start[target[by_distance]]
+    column = torch.arange(target.shape[0], device=target.device) - start[target]
+    table = torch.full((num_atoms * width,), float("inf"), device=target.device, dtype=dist_sq.dtype)
+    table[target * width + column] = dist_sq
+    table, order = torch.sort(table.view(num_atoms, width), dim=1)
     if strict:
-        return rank < max_neighbors
-    # keep everything within the tolerance of the first excluded distance
-    first_out = torch.full((num_atoms,), float("inf"), device=target.device, dtype=dist_sq.dtype)
-    at_cap = rank == max_neighbors
-    first_out[target[at_cap]] = dist_sq[at_cap]
-    return dist_sq <= first_out[target] + DEGENERACY_TOLERANCE_SQ
+        included = torch.zeros_like(table, dtype=torch.bool)
+        included[:, :max_neighbors] = True
+    else:
+        # everything within the tolerance of the first excluded distance
+        included = table <= table[:, max_neighbors : max_neighbors + 1] + DEGENERACY_TOLERANCE_SQ
+    included &= torch.isfinite(table)
+    keep = torch.zeros_like(target, dtype=torch.bool)
+    keep[(order + start[:, None])[included]] = True
+    return keep
