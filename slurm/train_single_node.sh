@@ -26,6 +26,8 @@ export GPUS_PER_NODE="${GPUS_PER_NODE:-4}"   # 0: CPU node, fairchem --cpu (gloo
 export RANKS="${RANKS:-$(( GPUS_PER_NODE > 0 ? GPUS_PER_NODE : 1 ))}"  # fairchem --num-gpus (ranks)
 export CPUS_PER_TASK="${CPUS_PER_TASK:-$(( 8 * RANKS ))}"  # CPU cores for the whole job
 export MEM="${MEM:-}"                        # memory per node, e.g. 128G (empty: partition default)
+export EXCLUSIVE="${EXCLUSIVE:-$(( RANKS > 1 ))}"  # 1: whole node; fairchem's ranks meet on the fixed
+                                             # port 29400, so two such jobs must not share a node
 export CONFIG="${CONFIG:-}"                  # fairchem YAML naming eqv2_plugin.* models (required)
 export RUN_DIR="${RUN_DIR:-$PWD/runs}"       # checkpoints/ results/ logs/ go here (shared file system)
 export IDENTIFIER="${IDENTIFIER:-eqv2}"      # suffix of the run id
@@ -50,6 +52,7 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then  # login node: submit this script
     [[ -n "$QOS" ]] && flags+=(--qos="$QOS")
     [[ -n "$MEM" ]] && flags+=(--mem="$MEM")
     (( GPUS_PER_NODE > 0 )) && flags+=(--gpus-per-node="$GPUS_PER_NODE")
+    (( EXCLUSIVE )) && flags+=(--exclusive)
     job=$(sbatch --parsable "${flags[@]}" "$0")
     echo "job_id: $job"
     echo "log: $LOG_DIR/train-$IDENTIFIER-$job.out"
