@@ -42,7 +42,13 @@ install_packages() {
     log "installed in $((SECONDS - t0)) s"
 }
 
-pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_alive() {  # a live process (a killed daemon nobody reaped stays a zombie: not alive)
+    local pid state
+    [[ -f "$1" ]] || return 1
+    pid=$(cat "$1")
+    state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+    [[ -n "$state" && "$state" != Z* ]]
+}
 
 node_line() {
     # CPUs, sockets, cores and memory as slurmd sees them; keep 512 MB for the system
@@ -160,7 +166,7 @@ stop_pid() {  # stop_pid PIDFILE NAME
     pid_alive "$pidfile" || return 0
     pid=$(cat "$pidfile")
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+    for _ in $(seq 1 50); do pid_alive "$pidfile" || return 0; sleep 0.2; done
     log "$2 ($pid) did not stop on TERM; killing"
     kill -9 "$pid" 2>/dev/null || true
 }
