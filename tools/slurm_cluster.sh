@@ -46,7 +46,7 @@ pid_alive() {  # a live process (a killed daemon nobody reaped stays a zombie: n
     local pid state
     [[ -f "$1" ]] || return 1
     pid=$(cat "$1")
-    state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+    state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) || return 1
     [[ -n "$state" && "$state" != Z* ]]
 }
 
