@@ -44,8 +44,7 @@ install_packages() {
 
 pid_alive() {  # a live process (a killed daemon nobody reaped stays a zombie: not alive)
     local pid state
-    [[ -f "$1" ]] || return 1
-    pid=$(cat "$1")
+    pid=$(cat "$1" 2>/dev/null) || return 1
     state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) || return 1
     [[ -n "$state" && "$state" != Z* ]]
 }
@@ -164,7 +163,7 @@ cmd_start() {
 stop_pid() {  # stop_pid PIDFILE NAME
     local pidfile=$1 pid
     pid_alive "$pidfile" || return 0
-    pid=$(cat "$pidfile")
+    pid=$(cat "$pidfile" 2>/dev/null) || return 0
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do pid_alive "$pidfile" || return 0; sleep 0.2; done
     log "$2 ($pid) did not stop on TERM; killing"
