@@ -1,30 +1,24 @@
 """The Triton implementation of the eSCN hot path equals the torch path.
 
 Without a GPU the kernels run in triton's interpreter (``TRITON_INTERPRET=1``,
-set here before the kernels are first imported); with CUDA they are compiled
+set by ``conftest.py`` before anything imports triton); with CUDA they are compiled
 and run on the GPU. Values and gradients (fp32) must agree to 1e-5 relative
 over random shapes: L 2..8, M 1..4, 0, 1 and odd numbers of edges, channel
 counts below, at and above the channel block.
 """
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-import eqv2_plugin  # noqa: E402
-from _reference import SMALL, perturb_, rel_err  # noqa: E402
-from _systems import oc20_like_atoms, to_batch  # noqa: E402
-from eqv2_plugin.escn.backend import resolve_ops  # noqa: E402
-from eqv2_plugin.escn.edges import EdgeSegments  # noqa: E402
-from eqv2_plugin.escn.rotation import EdgeRotation  # noqa: E402
-from eqv2_plugin.escn.torch_ops import TORCH_OPS  # noqa: E402
-from eqv2_plugin.so3 import EdgeLayout, edge_frames, s2_grid_matrices  # noqa: E402
+import eqv2_plugin
+from _reference import SMALL, perturb_, rel_err
+from _systems import oc20_like_atoms, to_batch
+from eqv2_plugin.escn.backend import resolve_ops
+from eqv2_plugin.escn.edges import EdgeSegments
+from eqv2_plugin.escn.rotation import EdgeRotation
+from eqv2_plugin.escn.torch_ops import TORCH_OPS
+from eqv2_plugin.so3 import EdgeLayout, edge_frames, s2_grid_matrices
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = 1e-5
