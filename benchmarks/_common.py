@@ -153,6 +153,23 @@ def accepted_kwargs(cls) -> tuple[set, bool]:
     return names, True
 
 
+def add_measurement_args(p, timeout_s: float) -> None:
+    """The worker and contention options shared by the benchmark scripts."""
+    import argparse
+
+    p.add_argument("--mem-limit-gb", type=float, default=None,
+                   help="CPU workers: memory cap in GB (resident memory a worker may reach, enforced with RLIMIT_AS; default 0.9 x MemAvailable; 0 = none)")
+    p.add_argument("--timeout", type=float, default=timeout_s, help="seconds per worker")
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="CPU: timed runs during which other processes used >15%% of the CPUs are redone "
+                        "(after waiting for an idle machine) up to this many times per measurement "
+                        "(default 2 x reps; 0 = keep every run)")
+    p.add_argument("--wait-idle", type=float, default=None,
+                   help="before each CPU measurement wait up to this many seconds for the machine to be "
+                        "<25%% busy (default 300 on cpu, 0 on cuda)")
+    p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
+
+
 def build_models(cfg: dict, impl: str, seed: int, backend: str | None = None):
     """The reference (fairchem 1.10 monolithic EquiformerV2) with ``torch.manual_seed(seed)``
     weights, and for ``impl == "ours"`` our model loaded with the same state dict.

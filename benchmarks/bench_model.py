@@ -54,18 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config keys for both implementations (YAML values), e.g. activation_checkpoint=true")
-    p.add_argument("--mem-limit-gb", type=float, default=None,
-                   help="CPU workers: memory cap in GB (resident memory a worker may reach, enforced with RLIMIT_AS; default 0.9 x MemAvailable; 0 = none)")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
-    p.add_argument("--max-retries", type=int, default=None,
-                   help="CPU: timed runs during which other processes used >15%% of the CPUs are redone "
-                        "(after waiting for an idle machine) up to this many times per measurement "
-                        "(default 2 x reps; 0 = keep every run)")
-    p.add_argument("--wait-idle", type=float, default=None,
-                   help="before each CPU measurement wait up to this many seconds for the machine to be "
-                        "<25%% busy (default 300 on cpu, 0 on cuda)")
+    C.add_measurement_args(p, timeout_s=3600.0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.skip_reference:
         args.impl = "ours"

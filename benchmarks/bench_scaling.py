@@ -57,19 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--amp", action="store_true", help="CUDA only: fp16 autocast")
     p.add_argument("--backend", default=None, help="our model's kernel_backend, if it accepts one")
-    p.add_argument("--mem-limit-gb", type=float, default=None,
-                   help="CPU workers: memory cap in GB (resident memory a worker may reach, enforced with RLIMIT_AS; default 0.9 x MemAvailable; 0 = none)")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
-    p.add_argument("--max-retries", type=int, default=None,
-                   help="CPU: timed runs during which other processes used >15%% of the CPUs are redone "
-                        "(after waiting for an idle machine) up to this many times per measurement "
-                        "(default 2 x reps; 0 = keep every run)")
-    p.add_argument("--wait-idle", type=float, default=None,
-                   help="wait up to this many seconds for an idle machine before each CPU measurement "
-                        "(default 300 on cpu, 0 on cuda)")
+    C.add_measurement_args(p, timeout_s=1800.0)
     p.add_argument("--out", default="scaling.json")
     p.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
-    p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.skip_reference:
         args.impl = "ours"

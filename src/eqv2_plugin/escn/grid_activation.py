@@ -36,6 +36,16 @@ def _back(values: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
     return torch.matmul(from_grid, values)
 
 
+def grid_silu_grad(
+    grad_out: torch.Tensor, x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor
+) -> torch.Tensor:
+    """``d/dx`` of ``grid_silu`` against ``grad_out``, in differentiable operations (double
+    backward; aten's one-pass ``silu_backward`` has no derivative in torch 2.4)."""
+    pre = _grid(x, to_grid)
+    sig = torch.sigmoid(pre)
+    return _back(torch.matmul(from_grid.t(), grad_out) * sig * (1 + pre * (1 - sig)), to_grid.t())
+
+
 def grid_silu_reference(x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
     """The plain definition: ``[R, K, C] -> [R, K, C]``."""
     return torch.matmul(from_grid, F.silu(torch.matmul(to_grid, x)))
@@ -54,11 +64,8 @@ class _GridSiLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, to_grid, from_grid = ctx.saved_tensors
-        if torch.is_grad_enabled():  # double backward (aten's silu_backward has no derivative)
-            pre = _grid(x, to_grid)
-            sig = torch.sigmoid(pre)
-            upstream = torch.matmul(from_grid.t(), grad_out)
-            return _back(upstream * sig * (1 + pre * (1 - sig)), to_grid.t()), None, None, None
+        if torch.is_grad_enabled():  # double backward
+            return grid_silu_grad(grad_out, x, to_grid, from_grid), None, None, None
         grad_x = torch.empty_like(x)
         for s, e in _chunks(x.shape[0], ctx.chunk):
             upstream = torch.matmul(from_grid.t(), grad_out[s:e])  # [R, G, C]

@@ -50,6 +50,10 @@ class EdgeRotation:
     def from_edge(self, y: torch.Tensor) -> torch.Tensor:
         """``[E, K', C]`` edge-frame features (the first ``K' <= K`` edge coefficients, e.g.
         ``lmax+1`` for m=0 only) -> ``[E, (lmax+1)**2, C]``, with the truncation rescale."""
-        k = y.shape[1]
-        y = y * self.rescale[:k].to(y.dtype)[None, :, None]
-        return torch.bmm(self.wigner[:, :k].to(y.dtype).transpose(1, 2), y)
+        return rotate_back(y, self.wigner.to(y.dtype), self.rescale.to(y.dtype))
+
+
+def rotate_back(y: torch.Tensor, wigner: torch.Tensor, rescale: torch.Tensor) -> torch.Tensor:
+    """``y [E, K', C]`` (first ``K'`` edge coefficients) -> ``[E, S, C]``: ``D[:K']^T (rescale * y)``."""
+    k = y.shape[1]
+    return torch.bmm(wigner[:, :k].transpose(1, 2), y * rescale[:k, None])

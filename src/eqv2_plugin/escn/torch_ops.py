@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from eqv2_plugin.escn.edges import EdgeSegments
 from eqv2_plugin.escn.grid_activation import grid_silu
-from eqv2_plugin.escn.rotation import EdgeRotation
+from eqv2_plugin.escn.rotation import EdgeRotation, rotate_back
 
 
 def weight_by_head(values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -47,10 +47,9 @@ class TorchOps:
 
 def rotate_scatter_forward(values, wigner, rescale, alpha, edges: EdgeSegments, num_nodes: int) -> torch.Tensor:
     """``sum_{e -> n} W_e[:K]^T (rescale * alpha_e * values_e)``: ``[E, K, C]`` -> ``[N, S, C]``."""
-    K = values.shape[1]
     if alpha is not None:
         values = weight_by_head(values, alpha)
-    per_edge = torch.bmm(wigner[:, :K].transpose(1, 2), values * rescale[:K, None])  # [E, S, C]
+    per_edge = rotate_back(values, wigner, rescale)  # [E, S, C]
     out = per_edge.new_zeros(num_nodes, per_edge.shape[1], per_edge.shape[2])
     return out.index_add(0, edges.target, per_edge)
 

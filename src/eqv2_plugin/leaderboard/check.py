@@ -8,7 +8,6 @@ split and, where there is one, the id.
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,6 +21,7 @@ from eqv2_plugin.leaderboard.formats import (
     infer_benchmark,
     infer_task,
     key,
+    read_npz,
     split_fields,
 )
 
@@ -30,22 +30,7 @@ MAX_LISTED = 20  # problems listed in the error message
 
 def load_submission(path: Path) -> dict[str, np.ndarray]:
     """All arrays of a submission ``.npz`` (no pickled objects, as EvalAI loads it)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserInputError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise UserInputError(f"{path}: not a readable .npz file (not a zip archive)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise UserInputError(
-                f"{path}: holds Python object arrays (pickled); store ids as a numpy string array, e.g. np.array(ids, dtype=str)"
-            ) from None
-        raise UserInputError(f"{path}: not a readable .npz file ({exc})") from None
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise UserInputError(f"{path}: not a readable .npz file ({exc})") from None
+    return read_npz(Path(path).expanduser())
 
 
 def describe(arrays: Mapping[str, np.ndarray], task: str | None = None, benchmark: str | None = None) -> tuple[str, str]:

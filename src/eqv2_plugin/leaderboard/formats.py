@@ -36,7 +36,11 @@ OC22 energies are total energies (hundreds of eV): float16 cannot hold them (its
 """
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
 from typing import Iterable
+
+import numpy as np
 
 from eqv2_plugin.errors import UserInputError
 
@@ -121,3 +125,27 @@ def _plain(value: object) -> object:
         if isinstance(value, list) and len(value) == 1:
             value = value[0]
     return value
+
+
+def read_npz(path: Path, where: str = "", expected: str = "") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, without pickled objects (as EvalAI loads it).
+
+    Failures raise ``UserInputError`` starting with ``where`` (e.g. ``"split 'id': "``) and
+    ending with ``expected`` (what the file should have been)."""
+    hint = f"; expected {expected}" if expected else ""
+    if not path.is_file():
+        raise UserInputError(f"{where}{path}: no such file{hint}")
+    if not zipfile.is_zipfile(path):
+        raise UserInputError(f"{where}{path}: not a readable .npz file (not a zip archive){hint}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise UserInputError(
+                f"{where}{path}: holds Python object arrays (pickled); store ids as a numpy string array, "
+                f"e.g. np.array(ids, dtype=str){hint}"
+            ) from None
+        raise UserInputError(f"{where}{path}: not a readable .npz file ({exc}){hint}") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise UserInputError(f"{where}{path}: not a readable .npz file ({exc}){hint}") from None

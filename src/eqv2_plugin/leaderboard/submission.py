@@ -17,14 +17,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from eqv2_plugin.errors import UserInputError
-from eqv2_plugin.leaderboard.formats import BENCHMARK_SPLITS, default_s2ef_dtype, float_dtypes, key
+from eqv2_plugin.leaderboard.formats import BENCHMARK_SPLITS, default_s2ef_dtype, float_dtypes, key, read_npz
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -39,15 +38,7 @@ def prediction_path(root: Path, task: str, split: str) -> Path:
 
 
 def _load_npz(path: Path, split: str, what: str) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise UserInputError(f"split {split!r}: {path} is not a file (expected {what})")
-    if not zipfile.is_zipfile(path):
-        raise UserInputError(f"split {split!r}: {path} is not an .npz file (not a zip archive); expected {what}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise UserInputError(f"split {split!r}: cannot read {path} as .npz ({exc}); expected {what}") from None
+    return read_npz(path, where=f"split {split!r}: ", expected=what)
 
 
 def _need(arrays: dict, names: tuple[str, ...], path: Path, split: str, what: str) -> None:

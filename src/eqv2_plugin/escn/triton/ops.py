@@ -17,6 +17,7 @@ import torch
 import triton
 
 from eqv2_plugin.escn.edges import EdgeSegments
+from eqv2_plugin.escn.grid_activation import grid_silu_grad
 from eqv2_plugin.escn.rotation import EdgeRotation
 from eqv2_plugin.escn.torch_ops import rotate_scatter_grads
 from eqv2_plugin.escn.triton import kernels
@@ -197,11 +198,8 @@ class _GridSiLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, to_grid, from_grid = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            pre = torch.matmul(to_grid, x)
-            sig = torch.sigmoid(pre)
-            upstream = torch.matmul(from_grid.t(), grad)
-            return torch.matmul(to_grid.t(), upstream * sig * (1 + pre * (1 - sig))), None, None
+        if torch.is_grad_enabled():  # double backward: the torch path's differentiable formula
+            return grid_silu_grad(grad, x, to_grid, from_grid), None, None
         return _grid_launch(kernels.grid_silu_bwd, x, grad.contiguous(), to_grid, from_grid), None, None
 
 
