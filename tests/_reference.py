@@ -38,6 +38,26 @@ def shared_frames(monkeypatch):
     yield
 
 
+@contextlib.contextmanager
+def edge_chunks_of(monkeypatch, size: int = 37):
+    """Make the torch path split every per-edge pipeline into ``size``-edge chunks (on CPU it
+    splits only batches whose per-edge tensors exceed several MB); yields the list of chunk
+    counts seen, so a test can check that splitting really happened."""
+    from eqv2_plugin.escn.edges import edge_ranges
+    from eqv2_plugin.escn.torch_ops import TorchOps
+
+    seen: list[int] = []
+
+    def chunks(self, num_edges, bytes_per_edge, device):
+        ranges = edge_ranges(num_edges, size)
+        seen.append(len(ranges))
+        return ranges
+
+    monkeypatch.setattr(TorchOps, "edge_chunks", chunks)
+    yield seen
+    monkeypatch.undo()
+
+
 def perturb_(model: torch.nn.Module, seed: int = 1, scale: float = 0.1) -> None:
     """Move every parameter away from its initial value so that each one matters
     (norm weights start at 1, biases at 0, edge embeddings at +-0.001)."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import eqv2_plugin
-from _reference import SMALL, outputs, our_hydra, perturb_, reference_hydra, reference_monolithic, rel_err, setup_registry, shared_frames
+from _reference import SMALL, edge_chunks_of, outputs, our_hydra, perturb_, reference_hydra, reference_monolithic, rel_err, setup_registry, shared_frames
 from _systems import oc20_like_atoms, to_batch
 from eqv2_plugin.model import checkpoint as ckpt
 
@@ -90,11 +90,16 @@ def test_gradient_force_model_rejects_force_head_weights_unless_not_strict():
 
 
 @pytest.mark.parametrize("direct_forces", [True, False])
-def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces):
+def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces, monkeypatch):
     """Storing everything, recomputing the edge messages (default), recomputing whole blocks,
-    and both: the same parameter gradients, also through second derivatives (gradient forces)."""
+    and both, with the edges in one piece or in chunks: the same parameter gradients, also
+    through second derivatives (gradient forces)."""
     grads = []
-    for checkpointing, recompute_edges in ((False, False), (False, True), (True, False), (True, True)):
+    combos = [(c, r, chunked) for chunked in (False, True) for c, r in ((False, False), (False, True), (True, False), (True, True))]
+    for checkpointing, recompute_edges, chunked in combos:
+        if chunked:
+            chunking = edge_chunks_of(monkeypatch, 29)
+            seen = chunking.__enter__()
         torch.manual_seed(0)
         model = eqv2_plugin.EquiformerV2(
             **{**CFG, "num_layers": 2, "alpha_drop": 0.1, "drop_path_rate": 0.1},
@@ -105,6 +110,9 @@ def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces):
         out = model(to_batch(batch_atoms))
         (out["energy"].sum() + out["forces"].pow(2).sum()).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        if chunked:
+            chunking.__exit__(None, None, None)
+            assert seen and min(seen) > 1
     for other in grads[1:]:
         assert grads[0].keys() == other.keys()
         for name in grads[0]:

@@ -6,7 +6,7 @@ import torch
 
 import eqv2_plugin
 from _reference import (
-    SMALL, outputs, our_hydra, perturb_, reference_hydra, reference_monolithic, reference_to_float32, rel_err,
+    SMALL, edge_chunks_of, outputs, our_hydra, perturb_, reference_hydra, reference_monolithic, reference_to_float32, rel_err,
     setup_registry, shared_frames,
 )
 from _systems import oc20_like_atoms, to_batch
@@ -88,6 +88,16 @@ def test_monolithic_parity(variant, atoms, monkeypatch):
     with shared_frames(monkeypatch):
         ref, ours = _pair("monolithic", {**SMALL, **VARIANTS[variant]})
         _compare(ref, ours, atoms, variant)
+
+
+@pytest.mark.parametrize("variant", ["released_L4M2", "gate_act", "m_share_rad"])
+def test_monolithic_parity_with_edges_in_chunks(variant, atoms, monkeypatch):
+    """The chunked per-edge pipeline of the CPU path (37 edges at a time, not a divisor of the
+    edge count) is still fairchem's function."""
+    with shared_frames(monkeypatch), edge_chunks_of(monkeypatch, 37) as seen:
+        ref, ours = _pair("monolithic", {**SMALL, **VARIANTS[variant]})
+        _compare(ref, ours, atoms, f"{variant}, edges in chunks of 37")
+    assert seen and min(seen) > 1
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean"])

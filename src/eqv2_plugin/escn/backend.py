@@ -60,6 +60,10 @@ class EscnOps(Protocol):
     def grid_silu(self, x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
         """``x [R, K, C]``, ``to_grid [G, K]``, ``from_grid [K, G]`` -> ``[R, K, C]``."""
 
+    def edge_chunks(self, num_edges: int, bytes_per_edge: int, device: torch.device) -> list[tuple[int, int]]:
+        """How the model should split its per-edge pipelines: ``[(start, stop), ...]`` edge
+        ranges processed one after the other (one range = no splitting)."""
+
 
 def triton_available() -> bool:
     """Whether the triton package can be imported (it ships with CUDA builds of torch)."""

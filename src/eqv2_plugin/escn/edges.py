@@ -6,6 +6,15 @@ from functools import cached_property
 import torch
 
 
+def edge_ranges(num_edges: int, chunk: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``num_edges`` edges ``chunk`` at a time (one empty
+    range for no edges, so callers still produce correctly shaped empty outputs)."""
+    if num_edges == 0:
+        return [(0, 0)]
+    chunk = max(1, chunk)
+    return [(s, min(s + chunk, num_edges)) for s in range(0, num_edges, chunk)]
+
+
 class EdgeSegments:
     """The edges of a batch grouped by target and by source node.
 
@@ -15,8 +24,13 @@ class EdgeSegments:
     """
 
     def __init__(self, edge_index: torch.Tensor, num_nodes: int):
+        self.edge_index = edge_index
         self.source, self.target = edge_index[0], edge_index[1]
         self.num_nodes = num_nodes
+
+    def narrow(self, start: int, stop: int) -> "EdgeSegments":
+        """The edges ``start:stop`` (same nodes)."""
+        return EdgeSegments(self.edge_index[:, start:stop], self.num_nodes)
 
     @property
     def num_edges(self) -> int:

@@ -43,6 +43,13 @@ class EdgeRotation:
     def num_edges(self) -> int:
         return self.wigner.shape[0]
 
+    def narrow(self, start: int, stop: int) -> "EdgeRotation":
+        """The rotations of edges ``start:stop`` (views, no copy)."""
+        part = object.__new__(EdgeRotation)
+        part.layout, part.rescale = self.layout, self.rescale
+        part.wigner = self.wigner[start:stop]
+        return part
+
     def to_edge(self, x: torch.Tensor) -> torch.Tensor:
         """``[E, (lmax+1)**2, C]`` node-layout features -> ``[E, K, C]`` in the edge frame."""
         return torch.bmm(self.wigner.to(x.dtype), x)

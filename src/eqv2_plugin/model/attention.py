@@ -111,9 +111,8 @@ class EdgeAttention(nn.Module):
             msg = msg * w[:, self.edge_degree]
         return self.conv1(msg, None if self.use_m_share_rad else edge_in)
 
-    def forward(self, x: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:
-        E = graph.edge_index.shape[1]
-        edge_in = self.edge_inputs(graph)
+    def edge_values(self, x: torch.Tensor, edge_in: torch.Tensor, graph: EdgeGraph):
+        """Everything per edge before the softmax: ``-> (values [E, K, H*V], logits [E, H*A])``."""
         if self.recompute_edges and torch.is_grad_enabled() and (x.requires_grad or edge_in.requires_grad):
             # the rotated messages [E, K, 2C], the radial weights and their products are the largest
             # tensors of a layer and cheap to rebuild: recompute them in the backward pass
@@ -127,7 +126,21 @@ class EdgeAttention(nn.Module):
             hidden = self.act(act_scalars, hidden, graph.ops)
         else:
             hidden = self.act(hidden, graph.ops)
-        values, _ = self.conv2(hidden)  # [E, K, H*V]
+        values, _ = self.conv2(hidden)
+        return values, logits
+
+    def forward(self, x: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:
+        E = graph.edge_index.shape[1]
+        edge_in = self.edge_inputs(graph)
+        # the gathered [E, S, 2C] messages are the widest per-edge tensor
+        ranges = graph.ops.edge_chunks(E, 2 * x.shape[1] * x.shape[2] * x.element_size(), x.device)
+        if len(ranges) == 1:
+            values, logits = self.edge_values(x, edge_in, graph)
+        else:
+            parts = [self.edge_values(x, edge_in[s:t], graph.narrow(s, t)) for s, t in ranges]
+            values = torch.cat([v for v, _ in parts])
+            logits = torch.cat([a for _, a in parts])
+            del parts
 
         logits = self.logit_act(self.logit_norm(logits.reshape(E, self.num_heads, self.alpha_channels)))
         logits = torch.einsum("eha,ha->eh", logits, self.logit_weight)

@@ -1,7 +1,7 @@
 """What every layer needs to know about the edges of one batch."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -41,6 +41,17 @@ class EdgeGraph:
     def num_nodes(self) -> int:
         return self.atomic_numbers.shape[0]
 
+    def narrow(self, start: int, stop: int) -> "EdgeGraph":
+        """The same nodes with only the edges ``start:stop`` (views, no copy)."""
+        return replace(
+            self,
+            edge_index=self.edge_index[:, start:stop],
+            edge_vec=self.edge_vec[start:stop],
+            edge_scalars=self.edge_scalars[start:stop],
+            rotation=self.rotation.narrow(start, stop),
+            edges=self.edges.narrow(start, stop),
+        )
+
     @property
     def source(self) -> torch.Tensor:
         return self.edge_index[0]
@@ -55,6 +66,6 @@ def segment_softmax(logits: torch.Tensor, segment: torch.Tensor, num_segments: i
     shape = (num_segments, logits.shape[1])
     seg = segment[:, None].expand_as(logits)
     seg_max = logits.new_full(shape, float("-inf")).scatter_reduce(0, seg, logits.detach(), "amax")
-    z = torch.exp(logits - seg_max[segment])
+    z = torch.exp(logits - seg_max.index_select(0, segment))
     denom = logits.new_zeros(shape).index_add(0, segment, z)
-    return z / (denom[segment] + 1e-16)
+    return z / (denom.index_select(0, segment) + 1e-16)

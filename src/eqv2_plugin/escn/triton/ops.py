@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from eqv2_plugin.escn.edges import EdgeSegments
+from eqv2_plugin.escn.edges import EdgeSegments, edge_ranges
 from eqv2_plugin.escn.grid_activation import grid_silu_grad
 from eqv2_plugin.escn.rotation import EdgeRotation
 from eqv2_plugin.escn.torch_ops import rotate_scatter_grads
@@ -250,6 +250,9 @@ class TritonOps:
             return _GridSiLU.apply(
                 x.to(dtype).contiguous(), to_grid.to(dtype).contiguous(), from_grid.to(dtype).contiguous()
             )
+
+    def edge_chunks(self, num_edges: int, bytes_per_edge: int, device: torch.device) -> list[tuple[int, int]]:
+        return edge_ranges(num_edges, num_edges)  # the kernels tile the edges themselves
 
 
 TRITON_OPS = TritonOps()
