@@ -10,8 +10,9 @@ For each config and mode, each implementation is measured in its own fresh proce
   random targets), backward, AdamW step;
 
 median wall time of ``--reps`` runs after ``--warmup`` runs, and peak memory: on CPU the
-peak RSS of the worker process minus its peak RSS after model construction and batch
-building (``peak_mb``; the absolute peak is ``peak_abs_mb``); on CUDA
+peak RSS of the worker process during the measured calls minus its RSS after model
+construction and batch building (``peak_mb``, peak mark reset through ``/proc/self/clear_refs``;
+the absolute peak is ``peak_abs_mb``); on CUDA
 ``max_memory_allocated`` minus the allocation before the first run.
 
 Example::

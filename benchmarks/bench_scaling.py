@@ -5,8 +5,8 @@ One OC20-like slab+adsorbate system (``--seed``) is repeated ``k x k`` laterally
 cell stays periodic in all three directions) for k = 1, 2, ... until ``--max-atoms``
 (or the explicit ``--repeats``).  Every (implementation, size) point is measured in a
 fresh process: ``model.eval()``, ``torch.no_grad()``, energy + direct forces, median
-of ``--reps`` runs after ``--warmup``; peak memory = peak RSS minus the peak after
-model + batch construction on CPU (``max_memory_allocated`` on CUDA).
+of ``--reps`` runs after ``--warmup``; peak memory = peak RSS during the measured calls minus
+the RSS after model + batch construction on CPU (``max_memory_allocated`` on CUDA).
 
 The reference is measured only up to ``--max-ref-atoms`` atoms; once an
 implementation runs out of memory or past ``--timeout``, its larger sizes are skipped.
