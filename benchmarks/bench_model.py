@@ -153,8 +153,9 @@ def main(argv=None) -> int:
              else " (clean src)"))
     print(f"Batch: {args.systems} OC20-like systems, float32, reps {args.reps} (median) after {args.warmup} warm-up"
           + (", AMP fp16" if args.amp else ""))
-    print("peak MB = peak memory of the measurement minus the peak after model + batch construction "
-          + ("(CUDA max_memory_allocated)" if args.device == "cuda" else "(process peak RSS)")
+    print("peak MB = extra memory the measured calls needed: "
+          + ("CUDA max_memory_allocated minus the allocation before them" if args.device == "cuda"
+             else "peak RSS during them minus the RSS after model + batch construction (see peak_method)")
           + "; abs MB = absolute peak")
     print(C.markdown_table(header, rows))
     if args.device == "cpu":
