@@ -525,6 +525,7 @@ def _measure(spec: dict) -> dict:
         run += 1
 
     peak_rss = maxrss_mb()
+    peak_since_reset = _proc_status_kb("VmHWM") / 1024.0 if rss_at_reset is not None else None
     # counted only now: fairchem's radius_graph_pbc is itself memory hungry on large cells
     # (all pairs x periodic images), and counting before the baseline would hide the models'
     # own graph construction inside the baseline
@@ -558,7 +559,7 @@ def _measure(spec: dict) -> dict:
             peak_reserved_mb=torch.cuda.max_memory_reserved(device) / 2**20,
         )
     elif rss_at_reset is not None:
-        result.update(peak_mb=_proc_status_kb("VmHWM") / 1024.0 - rss_at_reset, peak_abs_mb=peak_rss,
+        result.update(peak_mb=peak_since_reset - rss_at_reset, peak_abs_mb=peak_rss,
                       peak_method="VmHWM after clear_refs minus VmRSS at the reset")
     else:
         result.update(peak_mb=peak_rss - base_rss, peak_abs_mb=peak_rss,
