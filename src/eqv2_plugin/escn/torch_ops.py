@@ -5,8 +5,9 @@ Tuned for CPU: one batched GEMM per rotation with the compact Wigner rows,
 that recomputes the grid in its backward pass instead of storing it.
 
 On CPU the per-edge pipelines run a few hundred edges at a time
-(``edge_chunks``): the per-edge intermediates then stay in cache and come from
-the allocator's free lists. Whole-batch per-edge tensors (tens to hundreds of
+(``edge_chunks``; ``rotate_scatter`` always, the attention's message pipeline
+when no autograd graph is built): the per-edge intermediates then stay in cache
+and come from the allocator's free lists. Whole-batch per-edge tensors (tens to hundreds of
 MB) are above glibc's mmap threshold, so every one of them would be a fresh
 mapping whose pages fault in on first touch; that zero-filling cost more than
 the arithmetic of the gathers, concatenations and rotations themselves.
