@@ -103,22 +103,14 @@ class EdgeAttention(nn.Module):
         )
 
     def edge_messages(self, x: torch.Tensor, edge_in: torch.Tensor, graph: EdgeGraph):
-        """Gather, rotate, radial-weighted first SO(2) convolution: ``-> ([E, K, hidden], [E, extra])``."""
+        """Gather, rotate, radial-weighted first SO(2) convolution, activation:
+        ``-> (hidden [E, K, hidden], logits [E, H*A])``."""
         msg = graph.ops.gather_rotate(x, graph.rotation, graph.edges)  # [E, K, 2C]
         if self.use_m_share_rad:
             # per-degree weights commute with the block-diagonal rotation: apply them in the edge frame
             w = self.shared_radial(edge_in).reshape(msg.shape[0], self.layout.lmax + 1, -1)
             msg = msg * w[:, self.edge_degree]
-        return self.conv1(msg, None if self.use_m_share_rad else edge_in)
-
-    def edge_values(self, x: torch.Tensor, edge_in: torch.Tensor, graph: EdgeGraph):
-        """Everything per edge before the softmax: ``-> (values [E, K, H*V], logits [E, H*A])``."""
-        if self.recompute_edges and torch.is_grad_enabled() and (x.requires_grad or edge_in.requires_grad):
-            # the rotated messages [E, K, 2C], the radial weights and their products are the largest
-            # tensors of a layer and cheap to rebuild: recompute them in the backward pass
-            hidden, extra = checkpoint(self.edge_messages, x, edge_in, graph, use_reentrant=False)
-        else:
-            hidden, extra = self.edge_messages(x, edge_in, graph)
+        hidden, extra = self.conv1(msg, None if self.use_m_share_rad else edge_in)
         logits, act_scalars = extra[:, : self.num_logits], extra[:, self.num_logits :]
         if self.use_gate_act:
             hidden = self.act(act_scalars, hidden)
@@ -126,6 +118,17 @@ class EdgeAttention(nn.Module):
             hidden = self.act(act_scalars, hidden, graph.ops)
         else:
             hidden = self.act(hidden, graph.ops)
+        return hidden, logits
+
+    def edge_values(self, x: torch.Tensor, edge_in: torch.Tensor, graph: EdgeGraph):
+        """Everything per edge before the softmax: ``-> (values [E, K, H*V], logits [E, H*A])``."""
+        if self.recompute_edges and torch.is_grad_enabled() and (x.requires_grad or edge_in.requires_grad):
+            # the rotated messages [E, K, 2C], the radial weights, their products and the
+            # activation's input are the largest tensors of a layer and cheap to rebuild:
+            # recompute them in the backward pass (conv2 keeps its own input, the activated messages)
+            hidden, logits = checkpoint(self.edge_messages, x, edge_in, graph, use_reentrant=False)
+        else:
+            hidden, logits = self.edge_messages(x, edge_in, graph)
         values, _ = self.conv2(hidden)
         return values, logits
 

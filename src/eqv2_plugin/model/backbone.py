@@ -43,8 +43,9 @@ class EquiformerV2Backbone(nn.Module):
             CPU), ``"torch"`` or ``"triton"``; the implementation of the eSCN
             hot path (``escn.backend``). Same function either way.
         recompute_edges: ``True`` (default) rebuilds each attention's rotated
-            messages and radial weights in the backward pass instead of storing
-            them (about a third of the training memory, ~10% more compute);
+            messages, radial weights, first SO(2) convolution and activation in
+            the backward pass instead of storing them (about a third of the
+            training memory, ~15% more compute);
             ``activation_checkpoint`` recomputes whole blocks.
 
     ``forward(data)`` returns ``{"node_embedding": [N, (L+1)^2, C], "graph": EdgeGraph}``.
