@@ -53,9 +53,12 @@ def edge_chunks_of(monkeypatch, size: int = 37):
         seen.append(len(ranges))
         return ranges
 
+    original = TorchOps.edge_chunks
     monkeypatch.setattr(TorchOps, "edge_chunks", chunks)
-    yield seen
-    monkeypatch.undo()
+    try:
+        yield seen
+    finally:
+        monkeypatch.setattr(TorchOps, "edge_chunks", original)  # only this patch, not the test's others
 
 
 def perturb_(model: torch.nn.Module, seed: int = 1, scale: float = 0.1) -> None:
