@@ -24,8 +24,9 @@ from eqv2_plugin.escn.rotation import EdgeRotation, rotate_back
 
 CPU_CHUNK_BYTES = 16 << 20
 """Size of the largest per-edge tensor of one edge chunk on CPU: 16 MB, a few hundred edges
-(83M, 2 systems, idle 2-core EPYC: inference 8.9 s at 2 MB, 7.5 s at 4, 5.6 s at 8, 5.4 s at 16 and
-32, 6.2 s unchunked; GEMMs on a few hundred rows still run near full speed)."""
+(83M, 2 systems, idle 2-core EPYC, single runs with ~10 % spread: inference 8.9 s at 2 MB, 7.5 s at
+4, 5.6 s at 8, 5.4 s at 16 and 32, 6.2 s unchunked; GEMMs on a few hundred rows still run near full
+speed, smaller chunks pay per-chunk overhead)."""
 
 
 def weight_by_head(values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
