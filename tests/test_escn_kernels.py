@@ -80,3 +80,68 @@ def test_rotate_scatter_backward_is_the_derivative(with_alpha):
     inputs = (values, wigner) + ((alpha,) if with_alpha else ())
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_rotate_scatter_in_edge_chunks_equals_one_piece(monkeypatch):
+    """The CPU path's chunked rotate_scatter (4 edges at a time over 10) gives the unchunked
+    values and gradients: float64 to 1e-12, and under bf16 autocast of float32 inputs (where the
+    per-edge products, and so the sum, come out in bf16) to bf16 rounding."""
+    from _reference import edge_chunks_of
+    from eqv2_plugin.escn.edges import EdgeSegments
+    from eqv2_plugin.escn.torch_ops import TORCH_OPS
+
+    torch.manual_seed(0)
+    layout = EdgeLayout(3, 2)
+    E, N, C, H = 10, 4, 4, 2
+    edges = EdgeSegments(torch.randint(0, N, (2, E)), N)
+    frames = edge_frames(torch.randn(E, 3, dtype=torch.float64), mode="deterministic")
+    upstream = torch.randn(N, (layout.lmax + 1) ** 2, C, dtype=torch.float64)
+
+    for dtype, autocast, tol in ((torch.float64, False, 1e-12), (torch.float32, True, 2e-2)):
+        rotation = EdgeRotation(frames.to(dtype), layout)
+        values = torch.randn(E, layout.num_coefficients, C, dtype=dtype, requires_grad=True)
+        alpha = torch.rand(E, H, dtype=dtype, requires_grad=True)
+
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = TORCH_OPS.rotate_scatter(values, rotation, edges, alpha, N)
+            return (out, *torch.autograd.grad(out, (values, alpha), upstream.to(out.dtype)))
+
+        whole = run()
+        with edge_chunks_of(monkeypatch, 4) as seen:
+            chunked = run()
+        assert seen == [3]
+        assert chunked[0].dtype == (torch.bfloat16 if autocast else dtype)
+        for a, b in zip(chunked, whole):
+            assert a.dtype == b.dtype
+            assert torch.allclose(a.double(), b.double(), rtol=tol, atol=tol)
+
+
+def test_wigner_rows_ignore_autocast():
+    """Edge-frame Wigner rows are geometry: built in the frames' precision under autocast too
+    (they were built in bf16 and the model failed to run under autocast)."""
+    layout = EdgeLayout(4, 2)
+    frames = edge_frames(torch.randn(9, 3), mode="deterministic")
+    plain = EdgeRotation(frames, layout).wigner
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = EdgeRotation(frames, layout).wigner
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, plain)
+
+
+@pytest.mark.parametrize("direct_forces", [True, False])
+def test_training_step_runs_under_autocast(direct_forces):
+    """A whole training step (forward, backward) under CPU bf16 autocast gives finite gradients
+    for every parameter that gets one (rotate_scatter's backward used to meet a bf16 gradient
+    with float32 inputs)."""
+    import eqv2_plugin
+    from _reference import SMALL
+    from _systems import oc20_like_atoms, to_batch
+
+    torch.manual_seed(0)
+    model = eqv2_plugin.EquiformerV2(**dict(SMALL, num_layers=1), direct_forces=direct_forces).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(to_batch(oc20_like_atoms(1, seed=2)))
+    (out["energy"].float().sum() + out["forces"].float().pow(2).sum()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -24,7 +24,10 @@ class EdgeRotation:
     def __init__(self, frames: torch.Tensor, layout: EdgeLayout):
         self.layout = layout
         lmax = layout.lmax
-        blocks = wigner_blocks(frames, lmax)
+        # geometry stays in the frames' precision under autocast (mixed-precision training);
+        # the rotations themselves follow autocast where they are applied
+        with torch.autocast(frames.device.type, enabled=False):
+            blocks = wigner_blocks(frames, lmax)
         num_edges = frames.shape[0]
         # rows of edge coefficients grouped by degree, in edge-layout positions
         rows = []

@@ -67,13 +67,19 @@ class TorchOps:
         return edge_ranges(num_edges, CPU_CHUNK_BYTES // max(1, bytes_per_edge))
 
 
-def rotate_scatter_forward(values, wigner, rescale, alpha, edges: EdgeSegments, num_nodes: int) -> torch.Tensor:
-    """``sum_{e -> n} W_e[:K]^T (rescale * alpha_e * values_e)``: ``[E, K, C]`` -> ``[N, S, C]``."""
-    if alpha is not None:
-        values = weight_by_head(values, alpha)
-    per_edge = rotate_back(values, wigner, rescale)  # [E, S, C]
-    out = per_edge.new_zeros(num_nodes, per_edge.shape[1], per_edge.shape[2])
-    return out.index_add(0, edges.target, per_edge)
+def rotate_scatter_forward(
+    values, wigner, rescale, alpha, edges: EdgeSegments, num_nodes: int, ranges: list[tuple[int, int]] | None = None
+) -> torch.Tensor:
+    """``sum_{e -> n} W_e[:K]^T (rescale * alpha_e * values_e)``: ``[E, K, C]`` -> ``[N, S, C]``,
+    one edge range at a time (default: all edges at once); edges are summed in index order either way."""
+    out = None
+    for s, t in ranges or [(0, values.shape[0])]:
+        part = values[s:t] if alpha is None else weight_by_head(values[s:t], alpha[s:t])
+        per_edge = rotate_back(part, wigner[s:t], rescale)  # [e, S, C], in the (autocast) product dtype
+        if out is None:
+            out = per_edge.new_zeros(num_nodes, per_edge.shape[1], per_edge.shape[2])
+        out.index_add_(0, edges.target[s:t], per_edge)
+    return out
 
 
 def rotate_scatter_grads(grad, values, wigner, rescale, alpha, edges: EdgeSegments, need_wigner: bool = True):
@@ -107,17 +113,14 @@ class _RotateScatter(torch.autograd.Function):
         ctx.edges = edges
         E, _, C = values.shape
         ctx.ranges = TORCH_OPS.edge_chunks(E, wigner.shape[2] * C * values.element_size(), values.device)
-        if len(ctx.ranges) == 1:
-            return rotate_scatter_forward(values, wigner, rescale, alpha, edges, num_nodes)
-        out = values.new_zeros(num_nodes, wigner.shape[2], C)
-        for s, t in ctx.ranges:  # same edge order as one index_add over all edges
-            part = values[s:t] if alpha is None else weight_by_head(values[s:t], alpha[s:t])
-            out.index_add_(0, edges.target[s:t], rotate_back(part, wigner[s:t], rescale))
-        return out
+        return rotate_scatter_forward(values, wigner, rescale, alpha, edges, num_nodes, ctx.ranges)
 
     @staticmethod
     def backward(ctx, grad):
         values, wigner, rescale, alpha = ctx.saved_tensors
+        # under autocast the output (so its gradient) is in the half dtype; the backward runs
+        # without autocast, in the inputs' dtype
+        grad = grad.to(values.dtype)
         need_wigner = ctx.needs_input_grad[1]
         if len(ctx.ranges) == 1 or torch.is_grad_enabled():  # double backward: one differentiable graph
             grad_values, grad_wigner, grad_alpha = rotate_scatter_grads(
