@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -74,12 +77,65 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
+# fairchem's local multi-rank mode (`--num-gpus N`) rendezvous on this fixed port (torch elastic's default)
+RENDEZVOUS_PORT = 29400
+
+
 def run_fairchem(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``fairchem ARGS`` with this interpreter; raises with the log tail on failure."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
+    """``fairchem ARGS`` with this interpreter.
+
+    Several local ranks get ``OMP_NUM_THREADS`` = cores / ranks (as torchrun sets it; fairchem's launcher
+    does not) and start only once no other job holds the rendezvous port. A run past ``timeout`` is
+    stopped with SIGABRT, so every process of it prints its Python stacks (faulthandler), and the
+    error carries the log tails.
+    """
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", "WANDB_MODE": "offline"}
+    ranks = int(args[args.index("--num-gpus") + 1]) if "--num-gpus" in args else 1
+    if ranks > 1:
+        full_env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // ranks)))
+        _wait_until_port_is_free(RENDEZVOUS_PORT, 300)
+    full_env.update(env or {})
     exe = Path(sys.executable).with_name("fairchem")
-    proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
-    return proc
+    proc = subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=full_env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        raise AssertionError(f"fairchem {' '.join(args)} still running after {timeout} s; stopped with SIGABRT "
+                             f"(Python stacks of every process at the end of stderr):\n"
+                             f"{out[-3000:]}\n{err[-12000:]}") from None
+    finally:
+        _signal_group(proc.pid, signal.SIGKILL)  # no rank outlives its test
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the whole group has exited
+        pass
+
+
+def _wait_until_port_is_free(port: int, patience_s: float) -> None:
+    """Another local multi-rank run on this machine holds the port: our ranks would join its store and
+    fail when it ends. Wait for it (then go on regardless: the run will say what went wrong)."""
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("", port))
+                return
+            except OSError:
+                pass
+        time.sleep(2)
 
 
 def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -34,11 +34,11 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
-def _train(work: Path, cfg: dict, identifier: str, *extra: str) -> dict:
+def _train(work: Path, cfg: dict, identifier: str, *extra: str, timeout: int = 600) -> dict:
     config = write_config(work / f"{identifier}.yml", cfg)
     proc = check(run_fairchem(
         ["--mode", "train", "--config-yml", str(config), "--cpu", "--run-dir", str(work),
-         "--identifier", identifier, "--seed", "1", "--print-every", "1", *extra], cwd=work))
+         "--identifier", identifier, "--seed", "1", "--print-every", "1", *extra], cwd=work, timeout=timeout))
     return {"config": config, "log": proc.stdout + proc.stderr, **run_dir_files(work, identifier)}
 
 
@@ -156,7 +156,8 @@ def test_two_rank_ddp_follows_the_single_rank_training(data, work):
     the validation metrics along training must agree (gradients are averaged over ranks)."""
     single = _val_metrics(_train(work, s2ef_config(data, OURS), "rank1")["log"])
     ddp_cfg = s2ef_config(data, OURS, optim={"batch_size": 2, "eval_batch_size": 2})
-    ddp = _val_metrics(_train(work, ddp_cfg, "rank2", "--num-gpus", "2")["log"])
+    # ~20-40 s here; a stuck run is stopped with every rank's Python stack in the failure
+    ddp = _val_metrics(_train(work, ddp_cfg, "rank2", "--num-gpus", "2", timeout=300)["log"])
     assert single.shape == ddp.shape == (2, 3)
     np.testing.assert_allclose(ddp, single, rtol=2e-3)
 
