@@ -27,6 +27,7 @@ class EdgeSegments:
         self.edge_index = edge_index
         self.source, self.target = edge_index[0], edge_index[1]
         self.num_nodes = num_nodes
+        self._pair_rows: dict[int, torch.Tensor] = {}
 
     def narrow(self, start: int, stop: int) -> "EdgeSegments":
         """The edges ``start:stop`` (same nodes)."""
@@ -35,6 +36,22 @@ class EdgeSegments:
     @property
     def num_edges(self) -> int:
         return self.source.shape[0]
+
+    def pair_rows(self, num_coefficients: int) -> torch.Tensor:
+        """``[E*K*2]`` rows of node features viewed ``[N*K, C]``, ordered (edge, coefficient,
+        source/target): one ``index_select`` with them gives ``[E, K, 2C]``, source channels first.
+
+        One gather of contiguous rows, whose backward is one ``index_add`` of a contiguous
+        gradient: on CPU several times faster, both ways, than two gathers and a concatenation,
+        whose backward adds strided halves. Cached per ``K``.
+        """
+        rows = self._pair_rows.get(num_coefficients)
+        if rows is None:
+            k = torch.arange(num_coefficients, device=self.source.device)
+            ends = torch.stack([self.source, self.target], dim=1)  # [E, 2]
+            rows = (ends[:, None, :] * num_coefficients + k[None, :, None]).reshape(-1)
+            self._pair_rows[num_coefficients] = rows
+        return rows
 
     def _segments(self, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         order = torch.sort(node, stable=True).indices
