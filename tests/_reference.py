@@ -39,10 +39,12 @@ def shared_frames(monkeypatch):
 
 
 @contextlib.contextmanager
-def edge_chunks_of(monkeypatch, size: int = 37):
+def edge_chunks_of(size: int = 37):
     """Make the torch path split every per-edge pipeline into ``size``-edge chunks (on CPU it
     splits only batches whose per-edge tensors exceed several MB); yields the list of chunk
     counts seen, so a test can check that splitting really happened."""
+    from unittest import mock
+
     from eqv2_plugin.escn.edges import edge_ranges
     from eqv2_plugin.escn.torch_ops import TorchOps
 
@@ -53,12 +55,8 @@ def edge_chunks_of(monkeypatch, size: int = 37):
         seen.append(len(ranges))
         return ranges
 
-    original = TorchOps.edge_chunks
-    monkeypatch.setattr(TorchOps, "edge_chunks", chunks)
-    try:
+    with mock.patch.object(TorchOps, "edge_chunks", chunks):
         yield seen
-    finally:
-        monkeypatch.setattr(TorchOps, "edge_chunks", original)  # only this patch, not the test's others
 
 
 def perturb_(model: torch.nn.Module, seed: int = 1, scale: float = 0.1) -> None:

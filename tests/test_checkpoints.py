@@ -92,7 +92,7 @@ def test_gradient_force_model_rejects_force_head_weights_unless_not_strict():
 
 
 @pytest.mark.parametrize("direct_forces", [True, False])
-def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces, monkeypatch):
+def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces):
     """Storing everything, recomputing the edge messages (default), recomputing whole blocks,
     and both, with rotate-scatter's edges in one piece or in chunks (the attention splits its
     edges only without an autograd graph): the same parameter gradients, also through second
@@ -101,7 +101,7 @@ def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces, monk
     for chunked in (False, True):
         for checkpointing, recompute_edges in ((False, False), (False, True), (True, False), (True, True)):
             with contextlib.ExitStack() as stack:
-                seen = stack.enter_context(edge_chunks_of(monkeypatch, 29)) if chunked else None
+                seen = stack.enter_context(edge_chunks_of(29)) if chunked else None
                 torch.manual_seed(0)
                 model = eqv2_plugin.EquiformerV2(
                     **{**CFG, "num_layers": 2, "alpha_drop": 0.1, "drop_path_rate": 0.1},

@@ -106,7 +106,7 @@ def test_gather_rotate_is_source_then_target_rotated(num_edges):
     assert torch.allclose(g_ours, g_plain, rtol=1e-12, atol=1e-12)
 
 
-def test_rotate_scatter_in_edge_chunks_equals_one_piece(monkeypatch):
+def test_rotate_scatter_in_edge_chunks_equals_one_piece():
     """The CPU path's chunked rotate_scatter (4 edges at a time over 10) gives the unchunked
     values and gradients: float64 to 1e-12, and under bf16 autocast of float32 inputs (where the
     per-edge products, and so the sum, come out in bf16) to bf16 rounding."""
@@ -132,7 +132,7 @@ def test_rotate_scatter_in_edge_chunks_equals_one_piece(monkeypatch):
             return (out, *torch.autograd.grad(out, (values, alpha), upstream.to(out.dtype)))
 
         whole = run()
-        with edge_chunks_of(monkeypatch, 4) as seen:
+        with edge_chunks_of(4) as seen:
             chunked = run()
         assert seen == [3]
         assert chunked[0].dtype == (torch.bfloat16 if autocast else dtype)

@@ -94,7 +94,7 @@ def test_monolithic_parity(variant, atoms, monkeypatch):
 def test_monolithic_parity_with_edges_in_chunks(variant, atoms, monkeypatch):
     """The chunked per-edge pipeline of the CPU path (37 edges at a time, not a divisor of the
     edge count) is still fairchem's function."""
-    with shared_frames(monkeypatch), edge_chunks_of(monkeypatch, 37) as seen, torch.no_grad():
+    with shared_frames(monkeypatch), edge_chunks_of(37) as seen, torch.no_grad():
         # no autograd graph: how fairchem predicts, and when our attention splits its edges
         ref, ours = _pair("monolithic", {**SMALL, **VARIANTS[variant]})
         _compare(ref, ours, atoms, f"{variant}, edges in chunks of 37")
