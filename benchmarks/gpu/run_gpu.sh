@@ -9,31 +9,45 @@
 # kernel tests compiled on the GPU, and the 83M benchmark (8 OC20-like systems;
 # reference vs ours with kernel_backend torch and triton; inference and training
 # step; fp32 and AMP fp16), as text tables and JSON.
+#
+# REHEARSAL=1 runs the same steps on this CPU (kernels in triton's interpreter, a
+# one-layer 31M benchmark of the torch path, no AMP) to catch import and API breaks
+# before a GPU is lent; benchmarks/gpu/rehearse_on_cpu.sh sets up the stack for it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+if [[ "${REHEARSAL:-0}" == 1 ]]; then
+  export TRITON_INTERPRET=1  # set before triton is imported; --noconftest skips the tests' own set-up
+  device=cpu; tests_timeout=900; precisions=(fp32); workers=2
+  bench=(--config 31M --layers 1 --systems 1 --backend torch --reps 1 --warmup 0 --timeout 300); bench_timeout=600
+else
+  device=cuda; tests_timeout=180; precisions=(fp32 amp); workers=8
+  bench=(--config 83M --systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 120); bench_timeout=150
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed: run benchmarks/gpu/fetch_wheels.sh here and carry .whl"; exit 1; }
 # our package from the working tree; fairchem and friends from the wheels; the torch_scatter placeholder last
 export PYTHONPATH="$PWD/src:/tmp/site:$PWD/benchmarks/gpu/placeholder"
 
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
+  [[ $device == cuda ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import sys, numpy, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
   python3 -c "import fairchem.core, eqv2_plugin; from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2; print('fairchem reference importable')"
 } 2>&1 | tee "$OUT/versions.txt"
 
-# 1. the kernels compiled for this GPU against the torch path (values, gradients, whole model)
-timeout 180 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_triton_kernels.py 2>&1 \
+# 1. the kernels compiled for this GPU against the torch path (values, gradients, whole model);
+# the ~50 cases compile on the order of a hundred kernel variants, one CPU core each: spread
+# them over pytest-xdist workers where it is installed (the GPU image has it)
+xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n "$workers")
+timeout "$tests_timeout" python3 -m pytest -q -p no:cacheprovider --noconftest ${xdist[@]+"${xdist[@]}"} tests/test_triton_kernels.py 2>&1 \
   | tail -40 | tee "$OUT/kernel_tests.txt"
 
-# 2. the benchmark: 83M config, 8 systems; fp32 then AMP
-for precision in fp32 amp; do
+# 2. the benchmark: fp32 then AMP
+for precision in "${precisions[@]}"; do
   extra=""; [[ $precision == amp ]] && extra="--amp"
-  timeout 150 python3 benchmarks/bench_model.py --device cuda --config 83M --systems 8 \
-    --backend torch triton --reps 5 --warmup 2 $extra --timeout 120 \
-    --out "$OUT/bench_83M_$precision.json" 2>&1 | tee "$OUT/bench_83M_$precision.txt"
+  timeout "$bench_timeout" python3 benchmarks/bench_model.py --device "$device" "${bench[@]}" $extra \
+    --out "$OUT/bench_${bench[1]}_$precision.json" 2>&1 | tee "$OUT/bench_${bench[1]}_$precision.txt"
 done
 ls -la "$OUT"
