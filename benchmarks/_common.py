@@ -434,7 +434,7 @@ def _measure(spec: dict) -> dict:
     else:
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
-        scaler = torch.cuda.amp.GradScaler() if amp else None
+        scaler = torch.amp.GradScaler("cuda") if amp else None  # torch.cuda.amp is deprecated in 2.4+
 
     def sync():
         if cuda:
