@@ -502,6 +502,8 @@ def _measure(spec: dict) -> dict:
                     "energy": [float(v) for v in out["energy"].detach().reshape(-1).cpu()],
                     "forces_rms": float(out["forces"].detach().float().pow(2).mean().sqrt().cpu()),
                     "forces_first": [float(v) for v in out["forces"].detach().float()[0].cpu()],
+                    # all of them, for comparisons between runs (fp32 against AMP: gpu/amp_accuracy.py)
+                    "forces": out["forces"].detach().float().cpu().tolist(),
                 }
             else:
                 sample = {"loss": float(out["loss"].cpu())}

@@ -8,7 +8,8 @@
 # Writes to $OUT (or benchmarks/results/gpu): versions + GPU, the Triton-vs-torch
 # kernel tests compiled on the GPU, and the 83M benchmark (8 OC20-like systems;
 # reference vs ours with kernel_backend torch and triton; inference and training
-# step; fp32 and AMP fp16), as text tables and JSON.
+# step; fp32 and AMP fp16), as text tables and JSON, and how far AMP moves the energies
+# and forces of each implementation (amp_accuracy.txt).
 #
 # REHEARSAL=1 runs the same steps on this CPU (kernels in triton's interpreter, a
 # one-layer 31M benchmark of the torch path, no AMP) to catch import and API breaks
@@ -50,4 +51,9 @@ for precision in "${precisions[@]}"; do
   timeout "$bench_timeout" python3 benchmarks/bench_model.py --device "$device" "${bench[@]}" $extra \
     --out "$OUT/bench_${bench[1]}_$precision.json" 2>&1 | tee "$OUT/bench_${bench[1]}_$precision.txt"
 done
+# 3. what AMP does to each implementation's energies and forces (same weights, batch and frames)
+if [[ -f "$OUT/bench_${bench[1]}_fp32.json" && -f "$OUT/bench_${bench[1]}_amp.json" ]]; then
+  python3 benchmarks/gpu/amp_accuracy.py "$OUT/bench_${bench[1]}_fp32.json" "$OUT/bench_${bench[1]}_amp.json" 2>&1 \
+    | tee "$OUT/amp_accuracy.txt"
+fi
 ls -la "$OUT"
