@@ -84,6 +84,16 @@ def main(argv=None) -> int:
 
     results = []
     t_start = time.time()
+
+    def write_out(rows: list[dict], complete: bool) -> None:
+        # rewritten after every measurement, so a run stopped by an outer time limit keeps what it measured
+        if not args.out:
+            return
+        payload = {"machine": machine, "args": {k: v for k, v in vars(args).items() if k != "worker"},
+                   "complete": complete, "results": rows}
+        with open(args.out, "w") as fh:
+            json.dump(payload, fh, indent=1)
+
     for name in args.config:
         cfg = dict(C.CONFIGS[name])
         if args.layers:
@@ -107,6 +117,7 @@ def main(argv=None) -> int:
                 r = C.run_measurement(os.path.abspath(__file__), spec, timeout=args.timeout,
                                       wait_idle=wait_idle)
                 row[impl] = r
+                write_out(results + [row], complete=False)
                 if r.get("code") and r["code"] != machine["code"]:
                     print(f"   note: the model code changed since the start: {r['code']}", flush=True)
                 if r["status"] == "ok":
@@ -177,10 +188,7 @@ def main(argv=None) -> int:
     print(f"total wall time {time.time() - t_start:.0f} s")
 
     if args.out:
-        payload = {"machine": machine, "args": {k: v for k, v in vars(args).items() if k != "worker"},
-                   "results": results}
-        with open(args.out, "w") as fh:
-            json.dump(payload, fh, indent=1)
+        write_out(results, complete=True)
         print(f"wrote {args.out}")
     return 0
 
