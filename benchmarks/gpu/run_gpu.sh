@@ -22,10 +22,10 @@ export PYTHONUNBUFFERED=1
 if [[ "${REHEARSAL:-0}" == 1 ]]; then
   export TRITON_INTERPRET=1  # set before triton is imported; --noconftest skips the tests' own set-up
   device=cpu; tests_timeout=900; precisions=(fp32); workers=2
-  bench=(--config 31M --layers 1 --systems 1 --backend torch --reps 1 --warmup 0 --timeout 300); bench_timeout=600
+  config=31M; bench=(--layers 1 --systems 1 --backend torch --reps 1 --warmup 0 --timeout 300); bench_timeout=600
 else
   device=cuda; tests_timeout=180; precisions=(fp32 amp); workers=8
-  bench=(--config 83M --systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 120); bench_timeout=150
+  config=83M; bench=(--systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 120); bench_timeout=150
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed: run benchmarks/gpu/fetch_wheels.sh here and carry .whl"; exit 1; }
@@ -48,12 +48,12 @@ timeout "$tests_timeout" python3 -m pytest -q -p no:cacheprovider --noconftest $
 # 2. the benchmark: fp32 then AMP
 for precision in "${precisions[@]}"; do
   extra=""; [[ $precision == amp ]] && extra="--amp"
-  timeout "$bench_timeout" python3 benchmarks/bench_model.py --device "$device" "${bench[@]}" $extra \
-    --out "$OUT/bench_${bench[1]}_$precision.json" 2>&1 | tee "$OUT/bench_${bench[1]}_$precision.txt"
+  timeout "$bench_timeout" python3 benchmarks/bench_model.py --device "$device" --config "$config" "${bench[@]}" $extra \
+    --out "$OUT/bench_${config}_$precision.json" 2>&1 | tee "$OUT/bench_${config}_$precision.txt"
 done
 # 3. what AMP does to each implementation's energies and forces (same weights, batch and frames)
-if [[ -f "$OUT/bench_${bench[1]}_fp32.json" && -f "$OUT/bench_${bench[1]}_amp.json" ]]; then
-  python3 benchmarks/gpu/amp_accuracy.py "$OUT/bench_${bench[1]}_fp32.json" "$OUT/bench_${bench[1]}_amp.json" 2>&1 \
+if [[ -f "$OUT/bench_${config}_fp32.json" && -f "$OUT/bench_${config}_amp.json" ]]; then
+  python3 benchmarks/gpu/amp_accuracy.py "$OUT/bench_${config}_fp32.json" "$OUT/bench_${config}_amp.json" 2>&1 \
     | tee "$OUT/amp_accuracy.txt"
 fi
 ls -la "$OUT"
