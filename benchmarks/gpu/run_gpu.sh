@@ -24,8 +24,8 @@ if [[ "${REHEARSAL:-0}" == 1 ]]; then
   device=cpu; tests_timeout=900; precisions=(fp32); workers=2
   config=31M; bench=(--layers 1 --systems 1 --backend torch --reps 1 --warmup 0 --timeout 300); bench_timeout=600
 else
-  device=cuda; tests_timeout=180; precisions=(fp32 amp); workers=8
-  config=83M; bench=(--systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 120); bench_timeout=150
+  device=cuda; tests_timeout=150; precisions=(fp32 amp); workers=8
+  config=83M; bench=(--systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 150); bench_timeout=180
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed: run benchmarks/gpu/fetch_wheels.sh here and carry .whl"; exit 1; }
