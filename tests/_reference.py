@@ -65,7 +65,8 @@ def perturb_(model: torch.nn.Module, seed: int = 1, scale: float = 0.1) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            # drawn on the CPU generator, so a model on a GPU gets the same values
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
 
 
 def reference_monolithic(cfg: dict) -> torch.nn.Module:

@@ -1,7 +1,9 @@
 """The eSCN hot-path pieces against their plain definitions."""
 from __future__ import annotations
 
+import contextlib
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -153,19 +155,78 @@ def test_wigner_rows_ignore_autocast():
     assert torch.equal(mixed, plain)
 
 
+# Ops that CUDA's autocast runs in float32 (torch's autocast op reference), among those a model
+# calls; CPU autocast leaves them in the half dtype, so CPU runs alone hide dtype clashes that
+# only a GPU shows (one did: the attention softmax, under fp16 AMP on an H200).
+CUDA_AUTOCAST_FLOAT32_OPS = [
+    (torch, "exp"), (torch.Tensor, "exp"), (torch, "pow"), (torch.Tensor, "pow"), (torch.Tensor, "__pow__"),
+    (torch, "rsqrt"), (torch.Tensor, "rsqrt"), (torch, "sum"), (torch.Tensor, "sum"), (torch, "cumsum"),
+    (torch.Tensor, "cumsum"), (torch, "norm"), (torch.Tensor, "norm"), (torch.linalg, "vector_norm"),
+    (torch, "softmax"), (torch.Tensor, "softmax"), (torch, "log"), (torch.Tensor, "log"), (torch, "reciprocal"),
+    (torch.Tensor, "reciprocal"), (torch.Tensor, "__rtruediv__"), (torch.nn.functional, "layer_norm"),
+    (torch.nn.functional, "softmax"), (torch.nn.functional, "normalize"),
+]
+
+
+@contextlib.contextmanager
+def cuda_autocast_float32_ops():
+    """While CPU autocast is on, the ops above take half-precision tensors up to float32, as
+    CUDA's autocast does (CPU autocast already casts the matmul-like ops down)."""
+    def lifted(original):
+        def op(*args, **kwargs):
+            if torch.is_autocast_enabled("cpu"):
+                up = lambda a: a.float() if torch.is_tensor(a) and a.dtype in (torch.float16, torch.bfloat16) else a
+                args = tuple(up(a) for a in args)
+                kwargs = {k: up(v) for k, v in kwargs.items()}
+            return original(*args, **kwargs)
+        return op
+
+    with contextlib.ExitStack() as stack:
+        for owner, name in CUDA_AUTOCAST_FLOAT32_OPS:
+            stack.enter_context(mock.patch.object(owner, name, lifted(getattr(owner, name))))
+        yield
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("lifted_exp", [False, True])
+def test_segment_softmax_in_half_precision(dtype, lifted_exp):
+    """Half-precision logits give a softmax in their dtype, equal to the float64 one to that
+    dtype's rounding, whether or not ``exp`` lifts them to float32 (CUDA autocast does)."""
+    from eqv2_plugin.model.graph import segment_softmax
+
+    g = torch.Generator().manual_seed(4)
+    logits = 8 * torch.randn(40, 3, generator=g)
+    segment = torch.randint(0, 6, (40,), generator=g)
+    expected = segment_softmax(logits.double(), segment, 7)
+    with (cuda_autocast_float32_ops() if lifted_exp else contextlib.nullcontext()), torch.autocast("cpu", dtype=dtype):
+        alpha = segment_softmax(logits.to(dtype), segment, 7)
+    assert alpha.dtype == dtype
+    sums = torch.zeros(7, 3, dtype=torch.float64).index_add(0, segment, expected)
+    assert torch.allclose(sums[segment.unique()], torch.ones(1, dtype=torch.float64))
+    # logits rounded to the dtype (up to ~8 * 2^-8 for bf16) move the softmax, then its rounding
+    tol = 5e-2 if dtype == torch.bfloat16 else 5e-3
+    assert (alpha.double() - segment_softmax(logits.to(dtype).double(), segment, 7)).abs().max() < tol
+    assert (alpha.double() - expected).abs().max() < 3 * tol
+
+
+@pytest.mark.parametrize("cuda_like", [False, True])
 @pytest.mark.parametrize("direct_forces", [True, False])
-def test_training_step_runs_under_autocast(direct_forces):
+def test_training_step_runs_under_autocast(direct_forces, cuda_like):
     """A whole training step (forward, backward) under CPU bf16 autocast gives finite gradients
     for every parameter that gets one (rotate_scatter's backward used to meet a bf16 gradient
-    with float32 inputs)."""
+    with float32 inputs); ``cuda_like``: with CUDA's float32 op list (the attention softmax
+    used to meet float32 exponentials with bf16 logits in an ``index_add``)."""
     import eqv2_plugin
     from _reference import SMALL
     from _systems import oc20_like_atoms, to_batch
 
     torch.manual_seed(0)
     model = eqv2_plugin.EquiformerV2(**dict(SMALL, num_layers=1), direct_forces=direct_forces).train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(to_batch(oc20_like_atoms(1, seed=2)))
-    (out["energy"].float().sum() + out["forces"].float().pow(2).sum()).backward()
+    batch = to_batch(oc20_like_atoms(1, seed=2))
+    # patched for the backward too: activation checkpointing recomputes under autocast there
+    with cuda_autocast_float32_ops() if cuda_like else contextlib.nullcontext():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch)
+        (out["energy"].float().sum() + out["forces"].float().pow(2).sum()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)

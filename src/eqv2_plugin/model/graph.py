@@ -62,10 +62,14 @@ class EdgeGraph:
 
 
 def segment_softmax(logits: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Softmax of ``logits [E, H]`` over the edges sharing a ``segment [E]`` id."""
+    """Softmax of ``logits [E, H]`` over the edges sharing a ``segment [E]`` id, in the logits' dtype.
+
+    Computed in at least float32: under autocast the logits can be half precision, and whether
+    ``exp`` lifts them to float32 depends on the device (CUDA's autocast does, the CPU's does not)."""
+    work = logits.to(torch.promote_types(logits.dtype, torch.float32))
     shape = (num_segments, logits.shape[1])
-    seg = segment[:, None].expand_as(logits)
-    seg_max = logits.new_full(shape, float("-inf")).scatter_reduce(0, seg, logits.detach(), "amax")
-    z = torch.exp(logits - seg_max.index_select(0, segment))
-    denom = logits.new_zeros(shape).index_add(0, segment, z)
-    return z / (denom.index_select(0, segment) + 1e-16)
+    seg = segment[:, None].expand_as(work)
+    seg_max = work.new_full(shape, float("-inf")).scatter_reduce(0, seg, work.detach(), "amax")
+    z = torch.exp(work - seg_max.index_select(0, segment))
+    denom = work.new_zeros(shape).index_add(0, segment, z)
+    return (z / (denom.index_select(0, segment) + 1e-16)).to(logits.dtype)
