@@ -8,8 +8,9 @@
 # Writes to $OUT (or benchmarks/results/gpu): versions + GPU, the Triton-vs-torch
 # kernel tests compiled on the GPU, and the 83M benchmark (8 OC20-like systems;
 # reference vs ours with kernel_backend torch and triton; inference and training
-# step; fp32 and AMP fp16), as text tables and JSON, and how far AMP moves the energies
-# and forces of each implementation (amp_accuracy.txt).
+# step; fp32 and AMP fp16), as text tables and JSON, how far AMP moves the energies
+# and forces of each implementation (amp_accuracy.txt), and torch.profiler tables of the
+# reference and of our Triton path (profile.txt).
 #
 # REHEARSAL=1 runs the same steps on this CPU (kernels in triton's interpreter, a
 # one-layer 31M benchmark of the torch path, no AMP) to catch import and API breaks
@@ -21,12 +22,16 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [[ "${REHEARSAL:-0}" == 1 ]]; then
   export TRITON_INTERPRET=1  # set before triton is imported; --noconftest skips the tests' own set-up
-  device=cpu; tests_timeout=900; precisions=(fp32); workers=2
+  device=cpu; tests_timeout=900; precisions=(fp32); workers=2; profile_timeout=300
+  profile=(--device cpu --config 31M --layers 1 --systems 1 --warmup 1 --steps 1 --rows 10 --cases ours:torch:inference)
   config=31M; bench=(--layers 1 --systems 1 --backend torch --reps 1 --warmup 0 --timeout 300); bench_timeout=600
 else
-  device=cuda; tests_timeout=150; precisions=(fp32 amp); workers=8
-  config=83M; bench=(--systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 150); bench_timeout=180
+  device=cuda; tests_timeout=100; precisions=(fp32 amp); workers=8; profile_timeout=120
+  profile=(--device cuda --config 83M --systems 8 --cases ref:train ours:triton:train ours:triton:inference ref:inference)
+  config=83M; bench=(--systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 150); bench_timeout=200
 fi
+# PRECISIONS="amp" (say) measures only those, e.g. to redo one after a fix
+[[ -n "${PRECISIONS:-}" ]] && read -r -a precisions <<< "$PRECISIONS"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed: run benchmarks/gpu/fetch_wheels.sh here and carry .whl"; exit 1; }
 # our package from the working tree; fairchem and friends from the wheels; the torch_scatter placeholder last
@@ -56,4 +61,12 @@ if [[ -f "$OUT/bench_${config}_fp32.json" && -f "$OUT/bench_${config}_amp.json" 
   python3 benchmarks/gpu/amp_accuracy.py "$OUT/bench_${config}_fp32.json" "$OUT/bench_${config}_amp.json" 2>&1 \
     | tee "$OUT/amp_accuracy.txt"
 fi
+# 4. where the time goes: torch.profiler tables (self device time per operator / kernel), per
+# precision, in one file (a device run brings back at most 8 files from $OUT)
+: > "$OUT/profile.txt"
+for precision in "${precisions[@]}"; do
+  extra=""; [[ $precision == amp ]] && extra="--amp"
+  timeout "$profile_timeout" python3 benchmarks/gpu/profile_model.py "${profile[@]}" $extra >> "$OUT/profile.txt" 2>&1
+done
+grep -E "^====|time total" "$OUT/profile.txt"
 ls -la "$OUT"

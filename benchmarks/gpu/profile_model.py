@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Where the GPU time goes: torch.profiler tables of one config (default 83M, 8 OC20-like
+systems, the benchmark's weights and batch), for the reference and ours with each backend,
+inference and training step, fp32 or (``--amp``) under fp16 autocast. Prints, per case, the operators and kernels with the most
+self device time over ``--steps`` profiled steps (after ``--warmup`` unprofiled ones).
+
+    python3 benchmarks/gpu/profile_model.py --device cuda --cases ours:triton:train ref:train
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _common as C  # noqa: E402
+
+
+def profile_case(impl: str, backend: str | None, mode: str, args) -> str:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(args.device)
+    cfg = dict(C.CONFIGS[args.config])
+    if args.layers:
+        cfg["num_layers"] = args.layers
+    model, _ = C.build_models(cfg, impl, args.seed, backend)
+    model = model.to(device).train(mode == "train")
+    batch = C.to_batch(C.oc20_like_atoms(args.systems, seed=args.seed)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
+
+    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=args.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp)
+
+    def step():
+        if opt is None:
+            with torch.no_grad(), autocast:
+                model(batch)
+            return
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            out = model(batch)
+        loss = out["energy"].float().abs().mean() + out["forces"].float().norm(dim=-1).mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    for _ in range(args.warmup):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    for key in (("self_device_time_total", "self_cuda_time_total") if device.type == "cuda" else ("self_cpu_time_total",)):
+        try:
+            return events.table(sort_by=key, row_limit=args.rows, max_name_column_width=70)
+        except (AttributeError, KeyError, ValueError):
+            continue
+    return events.table(row_limit=args.rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    p.add_argument("--config", default="83M", choices=sorted(C.CONFIGS))
+    p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
+    p.add_argument("--systems", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--rows", type=int, default=30)
+    p.add_argument("--amp", action="store_true", help="fp16 autocast (CUDA), with a GradScaler for training")
+    p.add_argument("--cases", nargs="+", default=["ref:train", "ours:triton:train", "ours:triton:inference"],
+                   help="IMPL[:BACKEND]:MODE, e.g. ref:train ours:torch:inference")
+    args = p.parse_args()
+    if args.amp and args.device != "cuda":
+        p.error("--amp needs --device cuda")
+    for case in args.cases:
+        parts = case.split(":")
+        impl, mode = parts[0], parts[-1]
+        backend = parts[1] if len(parts) == 3 else None
+        precision = "AMP fp16" if args.amp else "fp32"
+        print(f"\n==== {args.config} {case} {precision} ({args.systems} systems, {args.steps} steps, {args.device})", flush=True)
+        try:
+            print(profile_case(impl, backend, mode, args), flush=True)
+        except Exception as exc:  # noqa: BLE001 - one failing case should not hide the others
+            print(f"failed: {type(exc).__name__}: {exc}", flush=True)
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
