@@ -30,8 +30,10 @@ else
   profile=(--device cuda --config 83M --systems 8 --cases ref:train ours:triton:train ours:triton:inference ref:inference)
   config=83M; bench=(--systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 150); bench_timeout=200
 fi
-# PRECISIONS="amp" (say) measures only those, e.g. to redo one after a fix
+# PRECISIONS="amp" (say) measures only those, STEPS="profile" (say) runs only those of
+# tests, bench, profile: e.g. to redo one part after a fix within the device budget
 [[ -n "${PRECISIONS:-}" ]] && read -r -a precisions <<< "$PRECISIONS"
+steps=" ${STEPS:-tests bench profile} "
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed: run benchmarks/gpu/fetch_wheels.sh here and carry .whl"; exit 1; }
 # our package from the working tree; fairchem and friends from the wheels; the torch_scatter placeholder last
@@ -46,27 +48,33 @@ export PYTHONPATH="$PWD/src:/tmp/site:$PWD/benchmarks/gpu/placeholder"
 # 1. the kernels compiled for this GPU against the torch path (values, gradients, whole model);
 # the ~50 cases compile on the order of a hundred kernel variants, one CPU core each: spread
 # them over pytest-xdist workers where it is installed (the GPU image has it)
-xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n "$workers")
-timeout "$tests_timeout" python3 -m pytest -q -p no:cacheprovider --noconftest ${xdist[@]+"${xdist[@]}"} tests/test_triton_kernels.py 2>&1 \
-  | tail -40 | tee "$OUT/kernel_tests.txt"
+if [[ $steps == *" tests "* ]]; then
+  xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n "$workers")
+  timeout "$tests_timeout" python3 -m pytest -q -p no:cacheprovider --noconftest ${xdist[@]+"${xdist[@]}"} \
+    tests/test_triton_kernels.py 2>&1 | tail -40 | tee "$OUT/kernel_tests.txt"
+fi
 
 # 2. the benchmark: fp32 then AMP
-for precision in "${precisions[@]}"; do
-  extra=""; [[ $precision == amp ]] && extra="--amp"
-  timeout "$bench_timeout" python3 benchmarks/bench_model.py --device "$device" --config "$config" "${bench[@]}" $extra \
-    --out "$OUT/bench_${config}_$precision.json" 2>&1 | tee "$OUT/bench_${config}_$precision.txt"
-done
-# 3. what AMP does to each implementation's energies and forces (same weights, batch and frames)
-if [[ -f "$OUT/bench_${config}_fp32.json" && -f "$OUT/bench_${config}_amp.json" ]]; then
-  python3 benchmarks/gpu/amp_accuracy.py "$OUT/bench_${config}_fp32.json" "$OUT/bench_${config}_amp.json" 2>&1 \
-    | tee "$OUT/amp_accuracy.txt"
+if [[ $steps == *" bench "* ]]; then
+  for precision in "${precisions[@]}"; do
+    extra=""; [[ $precision == amp ]] && extra="--amp"
+    timeout "$bench_timeout" python3 benchmarks/bench_model.py --device "$device" --config "$config" "${bench[@]}" $extra \
+      --out "$OUT/bench_${config}_$precision.json" 2>&1 | tee "$OUT/bench_${config}_$precision.txt"
+  done
+  # 3. what AMP does to each implementation's energies and forces (same weights, batch and frames)
+  if [[ -f "$OUT/bench_${config}_fp32.json" && -f "$OUT/bench_${config}_amp.json" ]]; then
+    python3 benchmarks/gpu/amp_accuracy.py "$OUT/bench_${config}_fp32.json" "$OUT/bench_${config}_amp.json" 2>&1 \
+      | tee "$OUT/amp_accuracy.txt"
+  fi
 fi
 # 4. where the time goes: torch.profiler tables (self device time per operator / kernel), per
 # precision, in one file (a device run brings back at most 8 files from $OUT)
-: > "$OUT/profile.txt"
-for precision in "${precisions[@]}"; do
-  extra=""; [[ $precision == amp ]] && extra="--amp"
-  timeout "$profile_timeout" python3 benchmarks/gpu/profile_model.py "${profile[@]}" $extra >> "$OUT/profile.txt" 2>&1
-done
-grep -E "^====|time total" "$OUT/profile.txt"
+if [[ $steps == *" profile "* ]]; then
+  : > "$OUT/profile.txt"
+  for precision in "${precisions[@]}"; do
+    extra=""; [[ $precision == amp ]] && extra="--amp"
+    timeout "$profile_timeout" python3 benchmarks/gpu/profile_model.py "${profile[@]}" $extra >> "$OUT/profile.txt" 2>&1
+  done
+  grep -E "^====|time total" "$OUT/profile.txt"
+fi
 ls -la "$OUT"
