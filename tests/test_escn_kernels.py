@@ -194,19 +194,23 @@ def test_segment_softmax_in_half_precision(dtype, lifted_exp):
     dtype's rounding, whether or not ``exp`` lifts them to float32 (CUDA autocast does)."""
     from eqv2_plugin.model.graph import segment_softmax
 
+    def per_segment_softmax(values: torch.Tensor) -> torch.Tensor:  # torch.softmax, one segment at a time
+        out = torch.empty_like(values)
+        for s in segment.unique():
+            out[segment == s] = torch.softmax(values[segment == s], dim=0)
+        return out
+
     g = torch.Generator().manual_seed(4)
     logits = 8 * torch.randn(40, 3, generator=g)
-    segment = torch.randint(0, 6, (40,), generator=g)
-    expected = segment_softmax(logits.double(), segment, 7)
+    segment = torch.randint(0, 6, (40,), generator=g)  # segment 6 of 7 stays empty
     with (cuda_autocast_float32_ops() if lifted_exp else contextlib.nullcontext()), torch.autocast("cpu", dtype=dtype):
         alpha = segment_softmax(logits.to(dtype), segment, 7)
     assert alpha.dtype == dtype
-    sums = torch.zeros(7, 3, dtype=torch.float64).index_add(0, segment, expected)
-    assert torch.allclose(sums[segment.unique()], torch.ones(1, dtype=torch.float64))
-    # logits rounded to the dtype (up to ~8 * 2^-8 for bf16) move the softmax, then its rounding
-    tol = 5e-2 if dtype == torch.bfloat16 else 5e-3
-    assert (alpha.double() - segment_softmax(logits.to(dtype).double(), segment, 7)).abs().max() < tol
-    assert (alpha.double() - expected).abs().max() < 3 * tol
+    # only the final rounding to the dtype: a softmax of the rounded logits, to ~2^-9 / 2^-12
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-3
+    assert (alpha.double() - per_segment_softmax(logits.to(dtype).double())).abs().max() < tol
+    # and the rounding of the logits themselves (up to ~8 * 2^-8 for bf16) on top
+    assert (alpha.double() - per_segment_softmax(logits.double())).abs().max() < 15 * tol
 
 
 @pytest.mark.parametrize("cuda_like", [False, True])

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Where the GPU time goes: torch.profiler tables of one config (default 83M, 8 OC20-like
 systems, the benchmark's weights and batch), for the reference and ours with each backend,
-inference and training step, fp32 or (``--amp``) under fp16 autocast. Prints, per case, the operators and kernels with the most
-self device time over ``--steps`` profiled steps (after ``--warmup`` unprofiled ones).
+inference and training step, fp32 or (``--amp``) under fp16 autocast. Prints, per case, the
+operators and kernels with the most self device time over ``--steps`` profiled steps (after
+``--warmup`` unprofiled ones).
 
     python3 benchmarks/gpu/profile_model.py --device cuda --cases ours:triton:train ref:train
 """
@@ -78,6 +79,10 @@ def main() -> int:
     p.add_argument("--cases", nargs="+", default=["ref:train", "ours:triton:train", "ours:triton:inference"],
                    help="IMPL[:BACKEND]:MODE, e.g. ref:train ours:torch:inference")
     args = p.parse_args()
+    import gc
+
+    import torch
+
     if args.amp and args.device != "cuda":
         p.error("--amp needs --device cuda")
     for case in args.cases:
@@ -90,10 +95,6 @@ def main() -> int:
             print(profile_case(impl, backend, mode, args), flush=True)
         except Exception as exc:  # noqa: BLE001 - one failing case should not hide the others
             print(f"failed: {type(exc).__name__}: {exc}", flush=True)
-        import gc
-
-        import torch
-
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
