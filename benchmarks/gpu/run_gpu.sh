@@ -23,11 +23,11 @@ export PYTHONUNBUFFERED=1
 if [[ "${REHEARSAL:-0}" == 1 ]]; then
   export TRITON_INTERPRET=1  # set before triton is imported; --noconftest skips the tests' own set-up
   device=cpu; tests_timeout=900; precisions=(fp32); workers=2; profile_timeout=300
-  profile=(--device cpu --config 31M --layers 1 --systems 1 --warmup 1 --steps 1 --rows 10 --cases ours:torch:inference)
+  profile=(--device cpu --config 31M --layers 1 --systems 1 --warmup 1 --steps 1 --rows 10 --timeline 2 --cases ours:torch:inference)
   config=31M; bench=(--layers 1 --systems 1 --backend torch --reps 1 --warmup 0 --timeout 300); bench_timeout=600
 else
   device=cuda; tests_timeout=100; precisions=(fp32 amp); workers=8; profile_timeout=120
-  profile=(--device cuda --config 83M --systems 8 --cases ref:train ours:triton:train ours:triton:inference ref:inference)
+  profile=(--device cuda --config 83M --systems 8 --timeline 12 --cases ref:train ours:triton:train ours:triton:inference ref:inference)
   config=83M; bench=(--systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 150); bench_timeout=200
 fi
 # PRECISIONS="amp" (say) measures only those, STEPS="profile" (say) runs only those of
