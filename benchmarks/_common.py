@@ -393,6 +393,52 @@ def _cap_memory(limit_gb: float) -> float | None:
     return round(lim / 1024**3, 2)
 
 
+def make_step(model, batch, mode: str, amp: bool, seed: int):
+    """One measured call: ``inference`` (eval, no_grad, energy + direct forces) or ``train``
+    (forward, loss = mean|E - E_t| + mean ||F - F_t||_2 against fixed random targets from
+    ``seed``, backward, AdamW step; under ``amp`` fp16 autocast on CUDA with a GradScaler).
+    Sets the model's train/eval mode."""
+    import torch
+
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else \
+        (lambda: torch.autocast("cpu", enabled=False))
+    if mode == "inference":
+        model.eval()
+
+        def inference_once():
+            with torch.no_grad(), autocast():
+                out = model(batch)
+            return out
+
+        return inference_once
+
+    device = batch.pos.device
+    g = torch.Generator().manual_seed(seed + 1)
+    e_target = torch.randn(len(batch.natoms), generator=g).to(device)
+    f_target = torch.randn(int(batch.natoms.sum()), 3, generator=g).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
+    scaler = torch.amp.GradScaler("cuda") if amp else None  # torch.cuda.amp is deprecated in 2.4+
+
+    def train_once():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            out = model(batch)
+        energy = out["energy"].reshape(-1).float()
+        forces = out["forces"].float()
+        loss = (energy - e_target).abs().mean() + (forces - f_target).norm(dim=-1).mean()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        return {"loss": loss.detach()}
+
+    return train_once
+
+
 def _measure(spec: dict) -> dict:
     import gc
     import statistics
@@ -421,47 +467,12 @@ def _measure(spec: dict) -> dict:
         info["address_space_cap_gb"] = _cap_memory(float(spec["mem_limit_gb"]))
 
     mode = spec["mode"]
-    amp = bool(spec.get("amp")) and cuda
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else \
-        (lambda: torch.autocast("cpu", enabled=False))
-    g = torch.Generator().manual_seed(spec["seed"] + 1)
-    e_target = torch.randn(len(batch.natoms), generator=g).to(device)
-    f_target = torch.randn(n_atoms, 3, generator=g).to(device)
-
-    if mode == "inference":
-        model.eval()
-        opt = scaler = None
-    else:
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
-        scaler = torch.amp.GradScaler("cuda") if amp else None  # torch.cuda.amp is deprecated in 2.4+
+    step = make_step(model, batch, mode, bool(spec.get("amp")) and cuda, spec["seed"])
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
-    def inference_once():
-        with torch.no_grad(), autocast():
-            out = model(batch)
-        return out
-
-    def train_once():
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-            out = model(batch)
-        energy = out["energy"].reshape(-1).float()
-        forces = out["forces"].float()
-        loss = (energy - e_target).abs().mean() + (forces - f_target).norm(dim=-1).mean()
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        return {"loss": loss.detach()}
-
-    step = inference_once if mode == "inference" else train_once
 
     # baseline: after model construction, batch building (and the graph count)
     sync()
