@@ -106,3 +106,22 @@ def test_hydra_parity(reduce, atoms, monkeypatch):
     with shared_frames(monkeypatch):
         ref, ours = _pair("hydra", dict(SMALL), reduce)
         _compare(ref, ours, atoms, f"hydra reduce={reduce}")
+
+
+@pytest.mark.parametrize("variant", ["released_L4M2", "gate_act", "rms_norm_sh"])
+def test_monolithic_parity_in_gpu_shapes(variant, atoms, monkeypatch):
+    """The shapes the model takes on a GPU (``escn.backend.launch_bound``: degree-wise linear
+    maps as one batched GEMM, the grid MLP on all nodes at once), run here on the CPU, are
+    still fairchem's function."""
+    from eqv2_plugin.escn import backend
+    from eqv2_plugin.layers.linear import DegreeWiseLinear
+
+    calls = []
+    monkeypatch.setattr(backend, "launch_bound", lambda device: calls.append(device) or True)
+    batched = DegreeWiseLinear._batched
+    monkeypatch.setattr(DegreeWiseLinear, "_per_degree", lambda *a: pytest.fail("per-degree form used"))
+    monkeypatch.setattr(DegreeWiseLinear, "_batched", lambda self, x: calls.append("batched") or batched(self, x))
+    with shared_frames(monkeypatch):
+        ref, ours = _pair("monolithic", {**SMALL, **VARIANTS[variant]})
+        _compare(ref, ours, atoms, f"{variant}, GPU shapes")
+    assert "batched" in calls

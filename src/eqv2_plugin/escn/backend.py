@@ -65,6 +65,15 @@ class EscnOps(Protocol):
         ranges processed one after the other (one range = no splitting)."""
 
 
+def launch_bound(device: torch.device) -> bool:
+    """Whether work on ``device`` should be shaped for a GPU: there a training step is bound by
+    the host launching operators (the device finishes each in microseconds), so fewer, larger
+    operators win. On the CPU (False) the operators themselves bind, and cache-sized pieces
+    (edge chunks, per-degree GEMMs) win. The one switch between the two shapes of the same
+    functions; tests flip it to run the GPU shapes on the CPU."""
+    return device.type != "cpu"
+
+
 def triton_available() -> bool:
     """Whether the triton package can be imported (it ships with CUDA builds of torch)."""
     return importlib.util.find_spec("triton") is not None

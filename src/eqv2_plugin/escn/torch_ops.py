@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from eqv2_plugin.escn import backend
 from eqv2_plugin.escn.edges import EdgeSegments, edge_ranges
 from eqv2_plugin.escn.grid_activation import grid_silu
 from eqv2_plugin.escn.rotation import EdgeRotation, rotate_back
@@ -64,7 +65,7 @@ class TorchOps:
         return grid_silu(x, to_grid, from_grid)
 
     def edge_chunks(self, num_edges: int, bytes_per_edge: int, device: torch.device) -> list[tuple[int, int]]:
-        if device.type != "cpu":
+        if backend.launch_bound(device):
             return edge_ranges(num_edges, num_edges)
         return edge_ranges(num_edges, CPU_CHUNK_BYTES // max(1, bytes_per_edge))
 

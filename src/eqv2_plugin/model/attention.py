@@ -7,13 +7,13 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from eqv2_plugin.escn.so2 import SO2Convolution
 from eqv2_plugin.layers.activations import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU
 from eqv2_plugin.layers.linear import DegreeWiseLinear
 from eqv2_plugin.layers.radial import RadialMLP, atom_pair_embeddings, with_atom_pair
 from eqv2_plugin.model.graph import EdgeGraph, segment_softmax
+from eqv2_plugin.model.recompute import recompute_in_backward
 from eqv2_plugin.so3.grid import s2_grid_matrices
 from eqv2_plugin.so3.layout import EdgeLayout
 
@@ -126,7 +126,7 @@ class EdgeAttention(nn.Module):
             # the rotated messages [E, K, 2C], the radial weights, their products and the
             # activation's input are the largest tensors of a layer and cheap to rebuild:
             # recompute them in the backward pass (conv2 keeps its own input, the activated messages)
-            hidden, logits = checkpoint(self.edge_messages, x, edge_in, graph, use_reentrant=False)
+            hidden, logits = recompute_in_backward(self.edge_messages, x, edge_in, graph)
         else:
             hidden, logits = self.edge_messages(x, edge_in, graph)
         values, _ = self.conv2(hidden)

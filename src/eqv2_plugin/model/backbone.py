@@ -20,6 +20,7 @@ from eqv2_plugin.model.embedding import EdgeDegreeEmbedding
 from eqv2_plugin.model.ffn import FeedForward
 from eqv2_plugin.model.graph import EdgeGraph
 from eqv2_plugin.model.inputs import OVERLAP_DISTANCE, check_inputs, compute_edges
+from eqv2_plugin.model.recompute import recompute_in_backward
 from eqv2_plugin.so3.layout import EdgeLayout
 
 
@@ -215,7 +216,7 @@ class EquiformerV2Backbone(nn.Module):
         x = torch.cat([x[:, :1] + self.atom_embedding(graph.atomic_numbers)[:, None], x[:, 1:]], dim=1)
         for block in self.blocks:
             if self.activation_checkpoint and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, graph, use_reentrant=False)
+                x = recompute_in_backward(block, x, graph)
             else:
                 x = block(x, graph)
         return {"node_embedding": self.final_norm(x), "graph": graph}

@@ -3,15 +3,27 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from eqv2_plugin.escn import backend
 from eqv2_plugin.layers.activations import GateActivation, S2Activation, SeparableS2Activation
 from eqv2_plugin.layers.linear import DegreeWiseLinear
+from eqv2_plugin.model.recompute import recompute_in_backward
 from eqv2_plugin.so3.grid import s2_grid_matrices
 from eqv2_plugin.so3.layout import degree_of_node_coefficients
 
-# nodes per chunk of the grid MLP (G * GRID_CHUNK * F floats live at a time)
+# The grid MLP runs on chunks of nodes. On the CPU, GRID_CHUNK nodes (G * GRID_CHUNK * F floats
+# live at a time, cache-sized). On a GPU (escn.backend.launch_bound), as many nodes as fit
+# GPU_GRID_BYTES per grid tensor: every chunk adds its own operator launches and
+# recomputation bookkeeping, while one 8-system OC20 batch's whole grid is ~70 MB.
 GRID_CHUNK = 128
+GPU_GRID_BYTES = 512 * 2**20
+
+
+def grid_chunk_rows(h: torch.Tensor, grid_points: int) -> int:
+    """Nodes per chunk of the grid MLP for features ``h [N, K, F]``."""
+    if not backend.launch_bound(h.device):
+        return GRID_CHUNK
+    return max(1, GPU_GRID_BYTES // (grid_points * h.shape[2] * h.element_size()))
 
 
 class FeedForward(nn.Module):
@@ -76,10 +88,11 @@ class FeedForward(nn.Module):
             # chunks of nodes; while training, each chunk's grid is recomputed in the backward
             # pass rather than stored (the grid is G = 324 times larger than the coefficients)
             parts = []
-            for s in range(0, h.shape[0], GRID_CHUNK):
-                chunk = h[s : s + GRID_CHUNK]
+            rows = grid_chunk_rows(h, self.to_grid.shape[0])
+            for s in range(0, h.shape[0], rows):
+                chunk = h[s : s + rows]
                 if torch.is_grad_enabled() and chunk.requires_grad:
-                    parts.append(checkpoint(self._grid_mlp, chunk, use_reentrant=False))
+                    parts.append(recompute_in_backward(self._grid_mlp, chunk))
                 else:
                     parts.append(self._grid_mlp(chunk))
             h = torch.cat(parts) if len(parts) != 1 else parts[0]

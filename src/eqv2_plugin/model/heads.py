@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from eqv2_plugin.model.graph import EdgeGraph
+from eqv2_plugin.model.recompute import recompute_in_backward
 
 ENERGY_REDUCTIONS = ("sum", "mean")
 
@@ -49,7 +50,7 @@ class DirectForceHead(nn.Module):
 def attention_forces(attention, node_embedding: torch.Tensor, graph: EdgeGraph, checkpointing: bool) -> torch.Tensor:
     """``[N, 3]``: the l=1 coefficients of a one-channel attention output."""
     if checkpointing and torch.is_grad_enabled():
-        out = torch.utils.checkpoint.checkpoint(attention, node_embedding, graph, use_reentrant=False)
+        out = recompute_in_backward(attention, node_embedding, graph)
     else:
         out = attention(node_embedding, graph)
     return out[:, 1:4, 0]
