@@ -25,13 +25,16 @@ if [[ "${REHEARSAL:-0}" == 1 ]]; then
   device=cpu; tests_timeout=900; precisions=(fp32); workers=2; profile_timeout=300
   profile=(--device cpu --config 31M --layers 1 --systems 1 --warmup 1 --steps 1 --rows 10 --timeline 2 --cases ours:torch:inference)
   config=31M; bench=(--layers 1 --systems 1 --backend torch --reps 1 --warmup 0 --timeout 300); bench_timeout=600
+  variants=(--device cpu --config 31M --layers 1 --systems 1 --backend torch --warmup 1 --steps 1); variants_timeout=600
 else
   device=cuda; tests_timeout=100; precisions=(fp32 amp); workers=8; profile_timeout=120
   profile=(--device cuda --config 83M --systems 8 --timeline 12 --cases ref:train ours:triton:train ours:triton:inference ref:inference)
   config=83M; bench=(--systems 8 --backend torch triton --reps 5 --warmup 2 --timeout 150); bench_timeout=200
+  variants=(--device cuda --config 83M --systems 8 --warmup 2 --steps 8); variants_timeout=200
 fi
 # PRECISIONS="amp" (say) measures only those, STEPS="profile" (say) runs only those of
-# tests, bench, profile: e.g. to redo one part after a fix within the device budget
+# tests, bench, profile (and variants, which only runs when named): e.g. to redo one part
+# after a fix within the device budget
 [[ -n "${PRECISIONS:-}" ]] && read -r -a precisions <<< "$PRECISIONS"
 steps=" ${STEPS:-tests bench profile} "
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -76,5 +79,16 @@ if [[ $steps == *" profile "* ]]; then
     timeout "$profile_timeout" python3 benchmarks/gpu/profile_model.py "${profile[@]}" $extra >> "$OUT/profile.txt" 2>&1
   done
   grep -E "^====|time total" "$OUT/profile.txt"
+fi
+# 5. (only when STEPS names it) one process per precision timing our step under variants that
+# switch one execution choice each, next to the reference (gpu/variants.py): VARIANTS and
+# MODES (train, inference) override its defaults
+if [[ $steps == *" variants "* ]]; then
+  for precision in "${precisions[@]}"; do
+    extra=""; [[ $precision == amp ]] && extra="--amp"
+    timeout "$variants_timeout" python3 benchmarks/gpu/variants.py "${variants[@]}" $extra ${MODES:+--modes $MODES} \
+      --variants ${VARIANTS:-ref base cpu_shapes no_gc no_edge_recompute no_ffn_recompute determinism_check} 2>&1 \
+      | grep -v "^WARNING" | tee -a "$OUT/variants.txt"
+  done
 fi
 ls -la "$OUT"
