@@ -46,7 +46,8 @@ class EquiformerV2Backbone(nn.Module):
         recompute_edges: ``True`` (default) rebuilds each attention's rotated
             messages, radial weights, first SO(2) convolution and activation in
             the backward pass instead of storing them (about a third of the
-            training memory, ~15% more compute);
+            training memory, ~15% more compute; on an H200 ``False`` took 24 %
+            off an 83M fp32 training step and doubled its memory);
             ``activation_checkpoint`` recomputes whole blocks.
 
     ``forward(data)`` returns ``{"node_embedding": [N, (L+1)^2, C], "graph": EdgeGraph}``.
