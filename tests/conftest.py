@@ -7,13 +7,11 @@ collection time, so it is set here, before any test module is collected.
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
