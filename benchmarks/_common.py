@@ -439,6 +439,46 @@ def make_step(model, batch, mode: str, amp: bool, seed: int):
     return train_once
 
 
+def timed_steps(step, n: int, device) -> dict:
+    """Run ``step`` ``n`` times, each timed on its own (CUDA synchronized before and after).
+    Returns ``times`` (s), Python's garbage collections during them (``gc_collections``,
+    ``gc_seconds``) and, on CUDA, the caching allocator's counter increments (``allocator``):
+    the usual suspects when a GPU step's time is bimodal."""
+    import gc
+
+    import torch
+
+    cuda = device.type == "cuda"
+    collected = {"s": 0.0, "n": 0}
+    started = []
+
+    def on_gc(phase, _info):
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            collected["s"] += time.perf_counter() - started.pop()
+            collected["n"] += 1
+
+    before = torch.cuda.memory_stats(device) if cuda else {}
+    gc.callbacks.append(on_gc)
+    times = []
+    try:
+        for _ in range(n):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    finally:
+        gc.callbacks.remove(on_gc)
+    after = torch.cuda.memory_stats(device) if cuda else {}
+    allocator = {k: after[k] - before.get(k, 0) for k in ("num_alloc_retries", "num_device_alloc", "num_device_free")
+                 if k in after}
+    return {"times": times, "gc_collections": collected["n"], "gc_seconds": collected["s"], "allocator": allocator}
+
+
 def _measure(spec: dict) -> dict:
     import gc
     import statistics

@@ -51,45 +51,14 @@ def profile_case(impl: str, backend: str | None, mode: str, args) -> str:
 
 
 def step_timeline(step, n: int, device) -> str:
-    """Wall time of each of ``n`` more steps (synchronized), with the time Python's garbage
-    collector took during them and the CUDA allocator's counters: ours' training steps on the
-    H200 alternated between ~0.37 and ~0.47 s, and a collection or an allocator retry (free
-    and re-malloc) are the usual suspects for such a bimodal step time."""
-    import gc
-    import time
-
-    import torch
-
-    cuda = device.type == "cuda"
-    collected = {"s": 0.0, "n": 0}
-    started = []
-
-    def on_gc(phase, _info):
-        if phase == "start":
-            started.append(time.perf_counter())
-        elif started:
-            collected["s"] += time.perf_counter() - started.pop()
-            collected["n"] += 1
-
-    before = torch.cuda.memory_stats(device) if cuda else {}
-    gc.callbacks.append(on_gc)
-    times = []
-    try:
-        for _ in range(n):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            step()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    finally:
-        gc.callbacks.remove(on_gc)
-    after = torch.cuda.memory_stats(device) if cuda else {}
-    counters = ", ".join(f"{k} +{after[k] - before.get(k, 0)}" for k in
-                         ("num_alloc_retries", "num_device_alloc", "num_device_free") if k in after)
-    return (f"\nstep times (ms): {' '.join(f'{1000 * t:.0f}' for t in times)}\n"
-            f"Python gc during them: {collected['n']} collections, {1000 * collected['s']:.1f} ms"
+    """Wall time of each of ``n`` more steps (``_common.timed_steps``), with the time Python's
+    garbage collector took during them and the CUDA allocator's counters: ours' training steps
+    on the H200 alternated between ~0.37 and ~0.47 s, and a collection or an allocator retry
+    (free and re-malloc) are the usual suspects for such a bimodal step time."""
+    r = C.timed_steps(step, n, device)
+    counters = ", ".join(f"{k} +{v}" for k, v in r["allocator"].items())
+    return (f"\nstep times (ms): {' '.join(f'{1000 * t:.0f}' for t in r['times'])}\n"
+            f"Python gc during them: {r['gc_collections']} collections, {1000 * r['gc_seconds']:.1f} ms"
             + (f"; CUDA allocator: {counters}" if counters else "") + "\n")
 
 

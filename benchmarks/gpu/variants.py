@@ -24,7 +24,6 @@ import gc
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import _common as C  # noqa: E402
@@ -74,24 +73,16 @@ def variant(name: str, model):
 def time_steps(step, warmup: int, steps: int, device) -> dict:
     import torch
 
-    cuda = device.type == "cuda"
     for _ in range(warmup):
         step()
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    collections_before = sum(s["collections"] for s in gc.get_stats())
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    r = C.timed_steps(step, steps, device)
+    times = r["times"]
     return {
-        "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-        "gc": sum(s["collections"] for s in gc.get_stats()) - collections_before,
-        "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan"),
+        "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "gc": r["gc_collections"],
+        "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),
     }
 
 
