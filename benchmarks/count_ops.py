@@ -7,7 +7,8 @@ On a GPU a step of either model is bound by the host launching operators, not by
 be counted here without a GPU: every ATen call under a ``TorchDispatchMode`` (below autograd and
 autocast, so the backward pass and autocast's casts count too), split into views (no kernel)
 and the rest (a kernel launch each on a GPU). Triton kernels are not ATen calls: ours' launches
-of them are listed separately.
+of them are listed separately (the ATen calls triton's interpreter makes while it runs one here
+are not counted: they are not launches).
 
 Counts do not depend on widths or the number of atoms (one graph, one edge chunk: ours runs in
 its GPU shapes, ``escn.backend.launch_bound``), so the models here are the config's structure
@@ -53,12 +54,14 @@ def count(impl: str, cfg: dict, mode: str, amp: bool, seed: int) -> tuple[collec
             self.ops = collections.Counter()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops[func.overloadpacket.__name__] += 1
+            if not inside_launch:  # the interpreter's own copies of a kernel's arguments are no launches
+                self.ops[func.overloadpacket.__name__] += 1
             return func(*args, **(kwargs or {}))
 
     model, _ = C.build_models(cfg, impl, seed, "triton" if impl == "ours" else None)
     batch = C.to_batch([small_cell(seed)])
     launches = collections.Counter()
+    inside_launch = False
     if impl == "ours":  # Triton launches: ``kernels.NAME[grid](...)`` goes through a counting proxy
         from eqv2_plugin.escn.triton import kernels
 
@@ -68,7 +71,16 @@ def count(impl: str, cfg: dict, mode: str, amp: bool, seed: int) -> tuple[collec
 
             def __getitem__(self, grid):
                 launches[self.name] += 1
-                return self.kernel[grid]
+
+                def launch(*args, **kwargs):
+                    nonlocal inside_launch
+                    inside_launch = True
+                    try:
+                        return self.kernel[grid](*args, **kwargs)
+                    finally:
+                        inside_launch = False
+
+                return launch
 
         import inspect
         import re
@@ -95,6 +107,7 @@ def count(impl: str, cfg: dict, mode: str, amp: bool, seed: int) -> tuple[collec
     else:
         model.train()
         forward().backward()
+        model.zero_grad(set_to_none=True)  # as a training step: the gradients are new tensors, not added to
         launches.clear()
         with Counter() as c:
             loss = forward()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from eqv2_plugin.layers.radial import RadialMLP
@@ -59,6 +60,13 @@ class SO2Convolution(nn.Module):
             num_weights = sum(layout.m_size(m) for m in range(M + 1)) * in_channels
             self.radial = RadialMLP([*radial_channels, num_weights])
 
+    def complex_weight(self, m: int) -> torch.Tensor:
+        """``[2 n C_out, 2 n C_in]`` (n = lmax - m + 1): the map of order ``m`` as a real
+        matrix acting on ``(+m | -m)``: ``[[W_r, -W_i], [W_i, W_r]]``."""
+        weight = self.m_linears[m - 1].weight  # [W_r; W_i]: the columns acting on +m
+        w_r, w_i = weight.chunk(2, dim=0)
+        return torch.cat([weight, torch.cat([-w_i, w_r])], dim=1)
+
     def forward(
         self, x: torch.Tensor, edge_scalars: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -86,13 +94,11 @@ class SO2Convolution(nn.Module):
 
         for m in range(1, M + 1):
             n = sizes[m]
-            xm = blocks[m].reshape(E, 2, n * c_in)
+            xm = blocks[m].reshape(E, 2, n * c_in)  # [edge, (+m | -m), (degree, channel)]
             if weights is not None:
-                xm = xm * weights[m][:, None, :]
-            ym = self.m_linears[m - 1](xm).reshape(E, 2, 2, n * c_out)  # [edge, +/-m, real/imag, .]
-            (r_plus, i_plus), (r_minus, i_minus) = ym.unbind(1)[0].unbind(1), ym.unbind(1)[1].unbind(1)
-            # complex multiplication: (+m, -m) are the real and imaginary parts
-            plus = r_plus - i_minus
-            minus = r_minus + i_plus
-            out.append(torch.stack([plus, minus], dim=1).reshape(E, 2 * n, c_out))
+                xm = xm * weights[m].unsqueeze(1)
+            # (+m, -m) in, (+m, -m) out in one GEMM: same FLOPs as multiplying both halves by
+            # [W_r; W_i] and combining them, without the per-edge split / add / stack
+            ym = F.linear(xm.reshape(E, 2 * n * c_in), self.complex_weight(m))
+            out.append(ym.reshape(E, 2 * n, c_out))
         return torch.cat(out, dim=1), extra

@@ -41,7 +41,8 @@ class GateActivation(nn.Module):
 
     def forward(self, gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(gates).reshape(*gates.shape[:-1], self.lmax, x.shape[-1])
-        return torch.cat([F.silu(x[..., :1, :]), x[..., 1:, :] * g[..., self.gate_index, :]], dim=-2)
+        l0, rest = x.split([1, x.shape[-2] - 1], dim=-2)
+        return torch.cat([F.silu(l0), rest * g[..., self.gate_index, :]], dim=-2)
 
 
 class S2Activation(nn.Module):

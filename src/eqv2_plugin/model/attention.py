@@ -111,7 +111,7 @@ class EdgeAttention(nn.Module):
             w = self.shared_radial(edge_in).reshape(msg.shape[0], self.layout.lmax + 1, -1)
             msg = msg * w[:, self.edge_degree]
         hidden, extra = self.conv1(msg, None if self.use_m_share_rad else edge_in)
-        logits, act_scalars = extra[:, : self.num_logits], extra[:, self.num_logits :]
+        logits, act_scalars = extra.split([self.num_logits, extra.shape[1] - self.num_logits], dim=1)
         if self.use_gate_act:
             hidden = self.act(act_scalars, hidden)
         elif self.use_sep_s2_act:
