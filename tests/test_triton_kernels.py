@@ -4,7 +4,8 @@ Without a GPU the kernels run in triton's interpreter (``TRITON_INTERPRET=1``,
 set by ``conftest.py`` before anything imports triton); with CUDA they are compiled
 and run on the GPU. Values and gradients (fp32) must agree to 1e-5 relative
 over random shapes: L 2..8, M 1..4, 0, 1 and odd numbers of edges, channel
-counts below, at and above the channel block.
+counts below, at and above the channel block; the separable layer norm over L 1..8,
+0, 1 and several nodes, 1 to 128 channels.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from eqv2_plugin.escn.backend import resolve_ops
 from eqv2_plugin.escn.edges import EdgeSegments
 from eqv2_plugin.escn.rotation import EdgeRotation
 from eqv2_plugin.escn.torch_ops import TORCH_OPS
+from eqv2_plugin.layers.norms import SeparableLayerNorm
 from eqv2_plugin.so3 import EdgeLayout, edge_frames, s2_grid_matrices
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,6 +115,55 @@ def test_grid_silu(lmax, mmax, num_edges, num_nodes, channels):
     ref = _values_and_grads(lambda: TORCH_OPS.grid_silu(x, to_grid, from_grid), (x,), 3)
     ours = _values_and_grads(lambda: _triton_ops().grid_silu(x, to_grid, from_grid), (x,), 3)
     _assert_same("grid_silu", ours, ref)
+
+
+def _norm_inputs(lmax: int, num_nodes: int, channels: int, seed: int):
+    """``x [N, (L+1)^2, C]`` and an SLN's parameters (perturbed away from ones and zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    norm = SeparableLayerNorm(lmax, channels)
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    norm.to(DEVICE)
+    x = _randn(g, num_nodes, (lmax + 1) ** 2, channels) * 3.0 + 0.5  # not already centred / unit
+    return x.detach().requires_grad_(True), norm
+
+
+# (lmax, nodes, channels): one, several and no nodes; channels 2 (the fewest a LayerNorm
+# normalises: with one, its gradient is rounding noise), odd, at and past 16 and 64
+NORM_SHAPES = [(1, 5, 16), (2, 1, 3), (3, 0, 8), (4, 7, 70), (6, 9, 128), (6, 4, 2), (8, 3, 24)]
+
+
+@pytest.mark.parametrize("lmax, num_nodes, channels", NORM_SHAPES)
+def test_separable_layer_norm(lmax, num_nodes, channels):
+    """The fused SLN kernels against ``layers.norms.separable_layer_norm``: output, and gradients
+    for the input, the l=0 LayerNorm's weight and bias, and the per-degree weights."""
+    x, norm = _norm_inputs(lmax, num_nodes, channels, seed=lmax * 1000 + channels)
+    inputs = (x, norm.l0_norm.weight, norm.l0_norm.bias, norm.weight)
+    ref = _values_and_grads(lambda: norm(x, TORCH_OPS), inputs, 4)
+    ours = _values_and_grads(lambda: norm(x, _triton_ops()), inputs, 4)
+    assert ours[0].shape == x.shape and ours[0].dtype == torch.float32
+    _assert_same("separable_layer_norm", ours, ref)
+
+
+def test_separable_layer_norm_half_input_and_double_backward():
+    """A float16 input comes out float32 with a float16 input gradient (the norm runs in fp32
+    under autocast); second derivatives (training with gradient forces) match the torch path."""
+    x, norm = _norm_inputs(4, 6, 12, seed=3)
+    half = x.detach().half().requires_grad_(True)
+    for ops in (TORCH_OPS, _triton_ops()):
+        with torch.autocast(DEVICE.type, dtype=torch.float16, enabled=DEVICE.type == "cuda"):
+            out = norm(half, ops)
+        assert out.dtype == torch.float32
+        (grad,) = torch.autograd.grad(out.square().sum(), half)
+        assert grad.dtype == torch.float16
+    results = {}
+    for name, ops in (("torch", TORCH_OPS), ("triton", _triton_ops())):
+        params = (x, norm.l0_norm.weight, norm.l0_norm.bias, norm.weight)
+        first = torch.autograd.grad((norm(x, ops) ** 3).sum(), params, create_graph=True)
+        second = torch.autograd.grad(sum((f ** 2).sum() for f in first), params)
+        results[name] = [f.detach() for f in first] + list(second)
+    _assert_same("separable_layer_norm double backward", results["triton"], results["torch"])
 
 
 def _second_derivatives(ops, lmax=3, mmax=2, num_edges=9, num_nodes=4, channels=6):

@@ -8,7 +8,11 @@ Three operations carry most of EquiformerV2's time and memory, all per edge:
 * ``rotate_scatter``: weight edge-frame messages by their attention
   coefficients, rotate them back (with the truncation rescale) and sum them at
   the target node;
-* ``grid_silu``: the S2-grid SiLU ``from_grid @ silu(to_grid @ x)``.
+* ``grid_silu``: the S2-grid SiLU ``from_grid @ silu(to_grid @ x)``;
+
+and, per node, the separable layer norm that precedes every attention and FFN
+(``separable_layer_norm``): a dozen small operators per call in torch, each a
+launch on a GPU, where a training step is bound by launches.
 
 ``TorchOps`` (``escn/torch_ops.py``) is plain PyTorch: the default on CPU and
 the reference that every kernel is tested against. ``TritonOps``
@@ -59,6 +63,19 @@ class EscnOps(Protocol):
 
     def grid_silu(self, x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
         """``x [R, K, C]``, ``to_grid [G, K]``, ``from_grid [K, G]`` -> ``[R, K, C]``."""
+
+    def separable_layer_norm(
+        self,
+        x: torch.Tensor,
+        l0_weight: torch.Tensor,
+        l0_bias: torch.Tensor,
+        weight: torch.Tensor,
+        balance: torch.Tensor,
+        degree_minus_one: torch.Tensor,
+        eps: float,
+    ) -> torch.Tensor:
+        """``x [N, S, C]`` -> ``[N, S, C]`` (float32 at least): EquiformerV2's separable layer
+        norm, defined by ``layers.norms.separable_layer_norm``."""
 
     def edge_chunks(self, num_edges: int, bytes_per_edge: int, device: torch.device) -> list[tuple[int, int]]:
         """How the model should split its per-edge pipelines: ``[(start, stop), ...]`` edge

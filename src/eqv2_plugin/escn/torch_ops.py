@@ -21,6 +21,7 @@ from eqv2_plugin.escn import backend
 from eqv2_plugin.escn.edges import EdgeSegments, edge_ranges
 from eqv2_plugin.escn.grid_activation import grid_silu
 from eqv2_plugin.escn.rotation import EdgeRotation, rotate_back
+from eqv2_plugin.layers.norms import separable_layer_norm
 
 
 CPU_CHUNK_BYTES = 16 << 20
@@ -34,7 +35,7 @@ def weight_by_head(values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """``values [E, K, H*V] * alpha [E, H]`` per head."""
     E, K, C = values.shape
     H = alpha.shape[1]
-    return (values.reshape(E, K, H, C // H) * alpha[:, None, :, None]).reshape(E, K, C)
+    return (values.reshape(E, K, H, C // H) * alpha.view(E, 1, H, 1)).reshape(E, K, C)
 
 
 class TorchOps:
@@ -63,6 +64,9 @@ class TorchOps:
 
     def grid_silu(self, x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
         return grid_silu(x, to_grid, from_grid)
+
+    def separable_layer_norm(self, x, l0_weight, l0_bias, weight, balance, degree_minus_one, eps):
+        return separable_layer_norm(x, l0_weight, l0_bias, weight, balance, degree_minus_one, eps)
 
     def edge_chunks(self, num_edges: int, bytes_per_edge: int, device: torch.device) -> list[tuple[int, int]]:
         if backend.launch_bound(device):

@@ -9,10 +9,14 @@ even under autocast (the paper's AMP recipe).
   LayerNorm; all l>0 share one RMS, each degree weighted 1/(2l+1), averaged over
   degrees and channels.
 * ``rms_norm_sh``   -- l=0 centred, then one degree-balanced RMS over all l.
+
+Each ``forward(x, ops=None)`` takes the model's ``escn.backend.EscnOps``: SLN (the released
+configs' norm) has a fused Triton kernel behind it; the other two ignore it.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from eqv2_plugin.so3.layout import degree_of_node_coefficients
@@ -30,6 +34,19 @@ def _degree_balance(lmax: int, first_degree: int) -> torch.Tensor:
     return 1.0 / (2 * degrees + 1).double() / (lmax + 1 - first_degree)
 
 
+def _split_l0(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, K, C]`` -> (l=0 ``[N, 1, C]``, l>0 ``[N, K-1, C]``). One split rather than two
+    slices: its backward is one concatenation, where each slice's would zero-fill a full-size
+    gradient and add the two."""
+    return x.split([1, x.shape[1] - 1], dim=1)
+
+
+def _add_l0_bias(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``[N, K, C]`` with ``bias [C]`` added to the l=0 coefficient only (equivariance)."""
+    l0, rest = _split_l0(x)
+    return torch.cat([l0 + bias, rest], dim=1)
+
+
 class EquivariantLayerNorm(nn.Module):
     """``layer_norm``: ``weight [lmax+1, C]``, ``bias [C]``."""
 
@@ -45,15 +62,14 @@ class EquivariantLayerNorm(nn.Module):
         self.register_buffer("degree", degrees, persistent=False)
 
     @torch.autocast("cuda", enabled=False)
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
         x = _fp32(x)
-        l0 = x[:, :1] - x[:, :1].mean(dim=2, keepdim=True)
-        x = torch.cat([l0, x[:, 1:]], dim=1)
+        l0, rest = _split_l0(x)
+        x = torch.cat([l0 - l0.mean(dim=2, keepdim=True), rest], dim=1)
         per_degree = torch.einsum("nkc,kl->nlc", x.pow(2), self.mean_over_m.to(x.dtype)).mean(dim=2)
         inv = (per_degree + self.eps).pow(-0.5)  # [N, L+1]
-        scale = inv[:, :, None] * self.weight[None]  # [N, L+1, C]
-        out = x * scale[:, self.degree]
-        return torch.cat([out[:, :1] + self.bias, out[:, 1:]], dim=1)
+        scale = inv.unsqueeze(2) * self.weight  # [N, L+1, C]
+        return _add_l0_bias(x * scale[:, self.degree], self.bias)
 
 
 class SeparableLayerNorm(nn.Module):
@@ -69,15 +85,32 @@ class SeparableLayerNorm(nn.Module):
             self.register_buffer("degree_minus_one", degree_of_node_coefficients(lmax)[1:] - 1, persistent=False)
 
     @torch.autocast("cuda", enabled=False)
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _fp32(x)
-        l0 = self.l0_norm(x[:, :1])
+    def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
+        """``ops``: an ``escn.backend.EscnOps`` (its ``separable_layer_norm``; default: the formula here)."""
         if self.lmax == 0:
-            return l0
-        rest = x[:, 1:]
-        ms = torch.einsum("nkc,k->nc", rest.pow(2), self.balance.to(x.dtype)).mean(dim=1)
-        inv = (ms + self.eps).pow(-0.5)  # [N]
-        return torch.cat([l0, rest * inv[:, None, None] * self.weight[self.degree_minus_one]], dim=1)
+            return self.l0_norm(_fp32(x))
+        args = (self.l0_norm.weight, self.l0_norm.bias, self.weight, self.balance, self.degree_minus_one, self.eps)
+        return separable_layer_norm(x, *args) if ops is None else ops.separable_layer_norm(x, *args)
+
+
+def separable_layer_norm(
+    x: torch.Tensor,
+    l0_weight: torch.Tensor,
+    l0_bias: torch.Tensor,
+    weight: torch.Tensor,
+    balance: torch.Tensor,
+    degree_minus_one: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """SLN of ``x [N, K, C]`` (K > 1), in float32 at least: l=0 through LayerNorm(``l0_weight``,
+    ``l0_bias``); l>0 divided by one RMS over (k, c) with ``balance [K-1]`` weighting each
+    coefficient, times ``weight [lmax, C]`` of its degree (``degree_minus_one [K-1]``)."""
+    x = _fp32(x)
+    l0, rest = _split_l0(x)
+    ms = torch.einsum("nkc,k->nc", rest.pow(2), balance.to(x.dtype)).mean(dim=1)
+    inv = (ms + eps).pow(-0.5)  # [N]
+    l0 = F.layer_norm(l0, l0.shape[-1:], l0_weight, l0_bias, eps)
+    return torch.cat([l0, rest * inv.view(-1, 1, 1) * weight[degree_minus_one]], dim=1)
 
 
 class EquivariantRMSNorm(nn.Module):
@@ -92,14 +125,13 @@ class EquivariantRMSNorm(nn.Module):
         self.register_buffer("degree", degree_of_node_coefficients(lmax), persistent=False)
 
     @torch.autocast("cuda", enabled=False)
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
         x = _fp32(x)
-        l0 = x[:, :1] - x[:, :1].mean(dim=2, keepdim=True)
-        x = torch.cat([l0, x[:, 1:]], dim=1)
+        l0, rest = _split_l0(x)
+        x = torch.cat([l0 - l0.mean(dim=2, keepdim=True), rest], dim=1)
         ms = torch.einsum("nkc,k->nc", x.pow(2), self.balance.to(x.dtype)).mean(dim=1)
         inv = (ms + self.eps).pow(-0.5)
-        out = x * inv[:, None, None] * self.weight[self.degree]
-        return torch.cat([out[:, :1] + self.bias, out[:, 1:]], dim=1)
+        return _add_l0_bias(x * inv.view(-1, 1, 1) * self.weight[self.degree], self.bias)
 
 
 def make_norm(norm_type: str, lmax: int, channels: int) -> nn.Module:

@@ -214,13 +214,14 @@ class EquiformerV2Backbone(nn.Module):
     def embed(self, data) -> dict:
         graph = self.build_graph(data)
         x = self.edge_degree(graph)
-        x = torch.cat([x[:, :1] + self.atom_embedding(graph.atomic_numbers)[:, None], x[:, 1:]], dim=1)
+        l0, rest = x.split([1, x.shape[1] - 1], dim=1)
+        x = torch.cat([l0 + self.atom_embedding(graph.atomic_numbers).unsqueeze(1), rest], dim=1)
         for block in self.blocks:
             if self.activation_checkpoint and torch.is_grad_enabled():
                 x = recompute_in_backward(block, x, graph)
             else:
                 x = block(x, graph)
-        return {"node_embedding": self.final_norm(x), "graph": graph}
+        return {"node_embedding": self.final_norm(x, graph.ops), "graph": graph}
 
     def forward(self, data) -> dict:
         return self.embed(data)

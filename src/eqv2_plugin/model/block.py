@@ -40,5 +40,5 @@ class TransformerBlock(nn.Module):
         return h
 
     def forward(self, x: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:
-        x = x + self._drop(self.attention(self.attn_norm(x), graph), graph)
-        return x + self._drop(self.ffn(self.ffn_norm(x)), graph)
+        x = x + self._drop(self.attention(self.attn_norm(x, graph.ops), graph), graph)
+        return x + self._drop(self.ffn(self.ffn_norm(x, graph.ops)), graph)

@@ -6,7 +6,9 @@ Conventions shared by every kernel:
   ``[E, K, C]``, Wigner rows ``[E, K_full, S]`` (a kernel may read only the
   first ``K <= K_full`` rows, hence the separate ``w_edge_stride``);
 * one program per (edge or node or row, channel block); the coefficient axes
-  (``K``, ``S``) fit in one block, padded to a power of two >= 16 for ``tl.dot``;
+  (``K``, ``S``) fit in one block, padded to a power of two >= 16 for ``tl.dot``
+  (the separable layer norm, which has no products, takes all channels of a node
+  in one block and its coefficients a few rows at a time);
 * reductions over edges walk a node's edges in a fixed order (``order``,
   ``ptr``: the CSR form from ``escn.edges.EdgeSegments``), so results are
   deterministic and no atomics are used;
@@ -266,3 +268,94 @@ def grid_silu_bwd(
         acc += tl.dot(tl.trans(to_grid), local.to(x.dtype), input_precision=PREC)
     out = gx_ptr + r * K * C + k[:, None] * C + c[None, :]
     tl.store(out, acc.to(gx_ptr.dtype.element_ty), mask=km[:, None] & cm[None, :])
+
+
+# --------------------------------------------------------------------------- separable layer norm
+# One program per node; all C channels in one block; the l>0 coefficients BK rows at a time.
+# stats [N, 3] = (mean of l=0, its 1/std, 1/rms of l>0), kept for the backward pass.
+@triton.jit
+def separable_norm_fwd(
+    x_ptr, g0_ptr, b0_ptr, w_ptr, bal_ptr, deg_ptr, out_ptr, stats_ptr,
+    K, C, eps,
+    BK: tl.constexpr, BC: tl.constexpr,
+):
+    """``out[n, 0] = LayerNorm(x[n, 0])``; ``out[n, k] = x[n, k] w[deg(k)] / rms_n`` for k > 0, where
+    ``rms_n^2 = sum_k bal[k] sum_c x[n, k, c]^2 / C + eps``."""
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, BC)
+    cm = c < C
+    base = n * K * C
+    l0 = tl.load(x_ptr + base + c, mask=cm, other=0.0).to(tl.float32)
+    mean = tl.sum(l0, axis=0) / C
+    d = tl.where(cm, l0 - mean, 0.0)
+    inv0 = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
+    g0 = tl.load(g0_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    b0 = tl.load(b0_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    tl.store(out_ptr + base + c, (d * inv0 * g0 + b0).to(out_ptr.dtype.element_ty), mask=cm)
+    acc = tl.zeros((BK, BC), dtype=tl.float32)
+    for k0 in range(1, K, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < K
+        xt = _tile(x_ptr, base, k, c, C, km, cm).to(tl.float32)
+        bal = tl.load(bal_ptr + k - 1, mask=km, other=0.0).to(tl.float32)
+        acc += xt * xt * bal[:, None]
+    inv = 1.0 / tl.sqrt(tl.sum(tl.sum(acc, axis=1), axis=0) / C + eps)
+    for k0 in range(1, K, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < K
+        xt = _tile(x_ptr, base, k, c, C, km, cm).to(tl.float32)
+        deg = tl.load(deg_ptr + k - 1, mask=km, other=0)
+        wt = _tile(w_ptr, 0, deg, c, C, km, cm).to(tl.float32)
+        out = out_ptr + base + k[:, None] * C + c[None, :]
+        tl.store(out, (xt * inv * wt).to(out_ptr.dtype.element_ty), mask=km[:, None] & cm[None, :])
+    tl.store(stats_ptr + n * 3, mean)
+    tl.store(stats_ptr + n * 3 + 1, inv0)
+    tl.store(stats_ptr + n * 3 + 2, inv)
+
+
+@triton.jit
+def separable_norm_bwd(
+    go_ptr, x_ptr, g0_ptr, w_ptr, bal_ptr, deg_ptr, stats_ptr, gx_ptr, p_ptr,
+    K, C,
+    BK: tl.constexpr, BC: tl.constexpr,
+):
+    """``gx`` (the input gradient) and ``p = go * (normalised x before the affine weights)``,
+    whose sum over nodes gives the weight gradients."""
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, BC)
+    cm = c < C
+    base = n * K * C
+    mean = tl.load(stats_ptr + n * 3)
+    inv0 = tl.load(stats_ptr + n * 3 + 1)
+    inv = tl.load(stats_ptr + n * 3 + 2)
+    # l = 0: LayerNorm's input gradient
+    xhat = tl.where(cm, (tl.load(x_ptr + base + c, mask=cm, other=0.0).to(tl.float32) - mean) * inv0, 0.0)
+    go0 = tl.load(go_ptr + base + c, mask=cm, other=0.0).to(tl.float32)
+    gxhat = go0 * tl.load(g0_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    a = tl.sum(gxhat, axis=0) / C
+    b = tl.sum(gxhat * xhat, axis=0) / C
+    tl.store(gx_ptr + base + c, (inv0 * (gxhat - a - xhat * b)).to(gx_ptr.dtype.element_ty), mask=cm)
+    tl.store(p_ptr + base + c, go0 * xhat, mask=cm)
+    # l > 0: out = x w inv with d inv / d x[k, c] = -inv^3 bal[k] x[k, c] / C
+    acc = tl.zeros((BK, BC), dtype=tl.float32)
+    for k0 in range(1, K, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < K
+        xt = _tile(x_ptr, base, k, c, C, km, cm).to(tl.float32)
+        got = _tile(go_ptr, base, k, c, C, km, cm).to(tl.float32)
+        deg = tl.load(deg_ptr + k - 1, mask=km, other=0)
+        wt = _tile(w_ptr, 0, deg, c, C, km, cm).to(tl.float32)
+        acc += got * xt * wt
+    s = tl.sum(tl.sum(acc, axis=1), axis=0) * inv * inv * inv / C
+    for k0 in range(1, K, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < K
+        xt = _tile(x_ptr, base, k, c, C, km, cm).to(tl.float32)
+        got = _tile(go_ptr, base, k, c, C, km, cm).to(tl.float32)
+        deg = tl.load(deg_ptr + k - 1, mask=km, other=0)
+        wt = _tile(w_ptr, 0, deg, c, C, km, cm).to(tl.float32)
+        bal = tl.load(bal_ptr + k - 1, mask=km, other=0.0).to(tl.float32)
+        offs = base + k[:, None] * C + c[None, :]
+        mask = km[:, None] & cm[None, :]
+        tl.store(gx_ptr + offs, (got * wt * inv - s * bal[:, None] * xt).to(gx_ptr.dtype.element_ty), mask=mask)
+        tl.store(p_ptr + offs, got * xt * inv, mask=mask)

@@ -21,6 +21,7 @@ from eqv2_plugin.escn.grid_activation import grid_silu_grad
 from eqv2_plugin.escn.rotation import EdgeRotation
 from eqv2_plugin.escn.torch_ops import rotate_scatter_grads
 from eqv2_plugin.escn.triton import kernels
+from eqv2_plugin.layers.norms import separable_layer_norm
 
 GRID_BLOCK = 32  # grid points per step of the on-chip S2 grid
 MAX_CHANNEL_BLOCK = 64
@@ -216,6 +217,55 @@ def _grid_launch(kernel, x, grad, to_grid, from_grid):
     return out
 
 
+# --------------------------------------------------------------------------- separable layer norm
+NORM_ROWS = 16  # l>0 coefficients per step of the norm kernels
+
+
+class _SeparableLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, l0_weight, l0_bias, weight, balance, degree_minus_one, eps):
+        N, K, C = x.shape
+        out = torch.empty(N, K, C, dtype=torch.float32, device=x.device)
+        stats = torch.empty(N, 3, dtype=torch.float32, device=x.device)
+        if N:
+            kernels.separable_norm_fwd[(N,)](
+                x, l0_weight, l0_bias, weight, balance, degree_minus_one, out, stats, K, C, eps,
+                BK=NORM_ROWS, BC=triton.next_power_of_2(C),
+            )
+        ctx.save_for_backward(x, l0_weight, l0_bias, weight, balance, degree_minus_one, stats)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, l0_weight, l0_bias, weight, balance, degree_minus_one, stats = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiate the torch formula
+            inputs = (x, l0_weight, l0_bias, weight)
+            with torch.enable_grad():
+                out = separable_layer_norm(*inputs, balance, degree_minus_one, ctx.eps)
+            needed = [t for t, need in zip(inputs, ctx.needs_input_grad[:4]) if need]
+            grads = iter(torch.autograd.grad(out, needed, grad, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:4]), None, None, None)
+        grad = grad.contiguous()
+        N, K, C = x.shape
+        grad_x = torch.empty_like(x)
+        products = torch.empty(N, K, C, dtype=torch.float32, device=x.device)  # grad * normalised x
+        if N:
+            kernels.separable_norm_bwd[(N,)](
+                grad, x, l0_weight, weight, balance, degree_minus_one, stats, grad_x, products, K, C,
+                BK=NORM_ROWS, BC=triton.next_power_of_2(C),
+            )
+        per_coefficient = products.sum(0)  # [K, C]
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32).index_add_(0, degree_minus_one, per_coefficient[1:])
+        return (
+            grad_x,
+            per_coefficient[0].to(l0_weight.dtype),
+            grad[:, 0].sum(0).to(l0_bias.dtype),
+            grad_weight.to(weight.dtype),
+            None, None, None,
+        )
+
+
 # --------------------------------------------------------------------------- the ops object
 class TritonOps:
     """``EscnOps`` on Triton kernels (see ``escn.backend``)."""
@@ -249,6 +299,15 @@ class TritonOps:
         with torch.autocast(x.device.type, enabled=False):
             return _GridSiLU.apply(
                 x.to(dtype).contiguous(), to_grid.to(dtype).contiguous(), from_grid.to(dtype).contiguous()
+            )
+
+    def separable_layer_norm(self, x, l0_weight, l0_bias, weight, balance, degree_minus_one, eps):
+        if x.dtype == torch.float64:  # the kernels compute in float32
+            return separable_layer_norm(x, l0_weight, l0_bias, weight, balance, degree_minus_one, eps)
+        with torch.autocast(x.device.type, enabled=False):
+            return _SeparableLayerNorm.apply(
+                x.contiguous(), l0_weight, l0_bias, weight.contiguous(), balance.to(torch.float32),
+                degree_minus_one, eps,
             )
 
     def edge_chunks(self, num_edges: int, bytes_per_edge: int, device: torch.device) -> list[tuple[int, int]]:
