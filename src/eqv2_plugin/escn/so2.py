@@ -60,15 +60,21 @@ class SO2Convolution(nn.Module):
             num_weights = sum(layout.m_size(m) for m in range(M + 1)) * in_channels
             self.radial = RadialMLP([*radial_channels, num_weights])
 
-    def complex_weight(self, m: int) -> torch.Tensor:
-        """``[2 n C_out, 2 n C_in]`` (n = lmax - m + 1): the map of order ``m`` as a real
-        matrix acting on ``(+m | -m)``: ``[[W_r, -W_i], [W_i, W_r]]``."""
-        weight = self.m_linears[m - 1].weight  # [W_r; W_i]: the columns acting on +m
-        w_r, w_i = weight.chunk(2, dim=0)
-        return torch.cat([weight, torch.cat([-w_i, w_r])], dim=1)
+    def complex_weights(self) -> list[torch.Tensor]:
+        """Per order m = 1..mmax, ``[2 n C_out, 2 n C_in]`` (n = lmax - m + 1): the map as a real
+        matrix acting on ``(+m | -m)``: ``[[W_r, -W_i], [W_i, W_r]]``. Built per forward call;
+        a caller that runs the edges in chunks builds them once and passes them to each."""
+        out = []
+        for lin in self.m_linears:
+            w_r, w_i = lin.weight.chunk(2, dim=0)  # [W_r; W_i] itself: the columns acting on +m
+            out.append(torch.cat([lin.weight, torch.cat([-w_i, w_r])], dim=1))
+        return out
 
     def forward(
-        self, x: torch.Tensor, edge_scalars: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        edge_scalars: torch.Tensor | None = None,
+        complex_weights: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         E = x.shape[0]
         L, M = self.layout.lmax, self.layout.mmax
@@ -77,6 +83,8 @@ class SO2Convolution(nn.Module):
         # one split per tensor: its backward is a single concatenation, where slicing
         # would allocate and zero-fill a full-size gradient per slice
         blocks = torch.split(x, [sizes[0]] + [2 * n for n in sizes[1:]], dim=1)
+        if complex_weights is None:
+            complex_weights = self.complex_weights()
         if self.radial is not None:
             weights = torch.split(self.radial(edge_scalars), [n * c_in for n in sizes], dim=1)
         else:
@@ -99,6 +107,6 @@ class SO2Convolution(nn.Module):
                 xm = xm * weights[m].unsqueeze(1)
             # (+m, -m) in, (+m, -m) out in one GEMM: same FLOPs as multiplying both halves by
             # [W_r; W_i] and combining them, without the per-edge split / add / stack
-            ym = F.linear(xm.reshape(E, 2 * n * c_in), self.complex_weight(m))
+            ym = F.linear(xm.reshape(E, 2 * n * c_in), complex_weights[m - 1])
             out.append(ym.reshape(E, 2 * n, c_out))
         return torch.cat(out, dim=1), extra

@@ -102,7 +102,7 @@ class EdgeAttention(nn.Module):
             graph.edge_scalars, graph.atomic_numbers, graph.edge_index, self.src_embedding, self.tgt_embedding
         )
 
-    def edge_messages(self, x: torch.Tensor, edge_in: torch.Tensor, graph: EdgeGraph):
+    def edge_messages(self, x: torch.Tensor, edge_in: torch.Tensor, graph: EdgeGraph, conv1_weights=None):
         """Gather, rotate, radial-weighted first SO(2) convolution, activation:
         ``-> (hidden [E, K, hidden], logits [E, H*A])``."""
         msg = graph.ops.gather_rotate(x, graph.rotation, graph.edges)  # [E, K, 2C]
@@ -110,7 +110,7 @@ class EdgeAttention(nn.Module):
             # per-degree weights commute with the block-diagonal rotation: apply them in the edge frame
             w = self.shared_radial(edge_in).reshape(msg.shape[0], self.layout.lmax + 1, -1)
             msg = msg * w[:, self.edge_degree]
-        hidden, extra = self.conv1(msg, None if self.use_m_share_rad else edge_in)
+        hidden, extra = self.conv1(msg, None if self.use_m_share_rad else edge_in, conv1_weights)
         logits, act_scalars = extra.split([self.num_logits, extra.shape[1] - self.num_logits], dim=1)
         if self.use_gate_act:
             hidden = self.act(act_scalars, hidden)
@@ -120,16 +120,17 @@ class EdgeAttention(nn.Module):
             hidden = self.act(hidden, graph.ops)
         return hidden, logits
 
-    def edge_values(self, x: torch.Tensor, edge_in: torch.Tensor, graph: EdgeGraph):
-        """Everything per edge before the softmax: ``-> (values [E, K, H*V], logits [E, H*A])``."""
+    def edge_values(self, x: torch.Tensor, edge_in: torch.Tensor, graph: EdgeGraph, conv_weights=(None, None)):
+        """Everything per edge before the softmax: ``-> (values [E, K, H*V], logits [E, H*A])``;
+        ``conv_weights``: both SO(2) convolutions' ``complex_weights()`` when already built."""
         if self.recompute_edges and torch.is_grad_enabled() and (x.requires_grad or edge_in.requires_grad):
             # the rotated messages [E, K, 2C], the radial weights, their products and the
             # activation's input are the largest tensors of a layer and cheap to rebuild:
             # recompute them in the backward pass (conv2 keeps its own input, the activated messages)
-            hidden, logits = recompute_in_backward(self.edge_messages, x, edge_in, graph)
+            hidden, logits = recompute_in_backward(self.edge_messages, x, edge_in, graph, conv_weights[0])
         else:
-            hidden, logits = self.edge_messages(x, edge_in, graph)
-        values, _ = self.conv2(hidden)
+            hidden, logits = self.edge_messages(x, edge_in, graph, conv_weights[0])
+        values, _ = self.conv2(hidden, None, conv_weights[1])
         return values, logits
 
     def forward(self, x: torch.Tensor, graph: EdgeGraph) -> torch.Tensor:
@@ -146,7 +147,8 @@ class EdgeAttention(nn.Module):
         if len(ranges) == 1:
             values, logits = self.edge_values(x, edge_in, graph)
         else:
-            parts = [self.edge_values(x, edge_in[s:t], graph.narrow(s, t)) for s, t in ranges]
+            weights = (self.conv1.complex_weights(), self.conv2.complex_weights())  # once for all chunks
+            parts = [self.edge_values(x, edge_in[s:t], graph.narrow(s, t), weights) for s, t in ranges]
             values = torch.cat([v for v, _ in parts])
             logits = torch.cat([a for _, a in parts])
             del parts
