@@ -91,12 +91,27 @@ def test_gradient_force_model_rejects_force_head_weights_unless_not_strict():
     assert not result.missing_keys and all(k.startswith("force_head.") for k in result.unexpected_keys)
 
 
+@pytest.mark.parametrize("gpu_shapes", [False, True])
 @pytest.mark.parametrize("direct_forces", [True, False])
-def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces):
+def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces, gpu_shapes, monkeypatch):
     """Storing everything, recomputing the edge messages (default), recomputing whole blocks,
     and both, with rotate-scatter's edges in one piece or in chunks (the attention splits its
     edges only without an autograd graph): the same parameter gradients, also through second
-    derivatives (gradient forces)."""
+    derivatives (gradient forces). In GPU shapes the recomputed edge messages keep the first
+    SO(2) convolution's outputs, and their recomputation replays them (checked)."""
+    from eqv2_plugin.escn import backend
+    from eqv2_plugin.layers.kept_linear import KeptOutputs
+    from eqv2_plugin.model import recompute
+
+    regions = []
+
+    class Recorded(KeptOutputs):
+        def __init__(self):
+            super().__init__()
+            regions.append(self)
+
+    monkeypatch.setattr(recompute, "KeptOutputs", Recorded)
+    monkeypatch.setattr(backend, "launch_bound", lambda device: gpu_shapes)
     grads = []
     for chunked in (False, True):
         for checkpointing, recompute_edges in ((False, False), (False, True), (True, False), (True, True)):
@@ -117,6 +132,10 @@ def test_recomputation_gives_the_same_gradients(batch_atoms, direct_forces):
         assert grads[0].keys() == other.keys()
         for name in grads[0]:
             assert torch.allclose(grads[0][name], other[name], rtol=1e-5, atol=1e-7), name
+    # one region per layer (and force head) per run that recomputes edge messages outside blocks
+    runs = 2 * 1  # (chunked or not) x (recompute_edges without activation_checkpoint)
+    assert len(regions) == (runs * (2 + direct_forces) if gpu_shapes else 0)
+    assert all(r.recorded and r.outputs and r.position == len(r.outputs) for r in regions)  # replayed
 
 
 @pytest.mark.parametrize(

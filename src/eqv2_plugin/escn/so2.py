@@ -18,15 +18,18 @@ Parameters:
     ``m_linears[m-1]``: Linear((lmax-m+1) C_in -> 2 (lmax-m+1) C_out), no bias
     (first half W_r, second half W_i, output ordered (degree, channel));
     ``radial``: optional RadialMLP producing ``sum_m (lmax-m+1) C_in`` weights.
+
+The GEMMs go through ``layers.kept_linear.linear``: inside a recomputed region that keeps
+their outputs, the backward pass's recomputation does not redo them.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from eqv2_plugin.layers.kept_linear import linear
 from eqv2_plugin.layers.radial import RadialMLP
 from eqv2_plugin.so3.layout import EdgeLayout
 
@@ -93,7 +96,7 @@ class SO2Convolution(nn.Module):
         x0 = blocks[0].reshape(E, (L + 1) * c_in)
         if weights is not None:
             x0 = x0 * weights[0]
-        y0 = self.m0_linear(x0)
+        y0 = linear(x0, self.m0_linear.weight, self.m0_linear.bias)
         if self.extra_m0_outputs:
             extra, y0 = torch.split(y0, [self.extra_m0_outputs, (L + 1) * c_out], dim=1)
         else:
@@ -107,6 +110,6 @@ class SO2Convolution(nn.Module):
                 xm = xm * weights[m].unsqueeze(1)
             # (+m, -m) in, (+m, -m) out in one GEMM: same FLOPs as multiplying both halves by
             # [W_r; W_i] and combining them, without the per-edge split / add / stack
-            ym = F.linear(xm.reshape(E, 2 * n * c_in), complex_weights[m - 1])
+            ym = linear(xm.reshape(E, 2 * n * c_in), complex_weights[m - 1])
             out.append(ym.reshape(E, 2 * n, c_out))
         return torch.cat(out, dim=1), extra

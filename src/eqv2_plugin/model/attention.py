@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from eqv2_plugin.escn import backend
 from eqv2_plugin.escn.so2 import SO2Convolution
 from eqv2_plugin.layers.activations import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU
 from eqv2_plugin.layers.linear import DegreeWiseLinear
@@ -126,8 +127,13 @@ class EdgeAttention(nn.Module):
         if self.recompute_edges and torch.is_grad_enabled() and (x.requires_grad or edge_in.requires_grad):
             # the rotated messages [E, K, 2C], the radial weights, their products and the
             # activation's input are the largest tensors of a layer and cheap to rebuild:
-            # recompute them in the backward pass (conv2 keeps its own input, the activated messages)
-            hidden, logits = recompute_in_backward(self.edge_messages, x, edge_in, graph, conv_weights[0])
+            # recompute them in the backward pass (conv2 keeps its own input, the activated messages).
+            # On a GPU conv1's outputs ([E, K, hidden] and the logits, a fifth of its input) are kept,
+            # so that the recomputation skips its GEMMs; on the CPU they would cost the memory target.
+            keep = backend.launch_bound(x.device)
+            hidden, logits = recompute_in_backward(
+                self.edge_messages, x, edge_in, graph, conv_weights[0], keep_linear_outputs=keep
+            )
         else:
             hidden, logits = self.edge_messages(x, edge_in, graph, conv_weights[0])
         values, _ = self.conv2(hidden, None, conv_weights[1])
