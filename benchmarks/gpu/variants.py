@@ -9,7 +9,9 @@ recomputation) are not options of the model: they tell where the time goes.
 Variants: ``base`` (the tree as it is), ``cpu_shapes`` (``escn.backend.launch_bound`` False:
 per-degree GEMMs and 128-node grid-MLP chunks, as before it existed), ``no_gc`` (Python's
 garbage collector off during the steps), ``no_edge_recompute`` (the attention keeps its edge
-messages for the backward pass), ``no_ffn_recompute`` (the grid MLP keeps its grid),
+messages for the backward pass), ``recompute_conv1`` (the recomputed edge messages redo the
+first SO(2) convolution's GEMMs instead of replaying its kept outputs, as before
+``layers/kept_linear.py``), ``no_ffn_recompute`` (the grid MLP keeps its grid),
 ``determinism_check`` (torch.utils.checkpoint compares each recomputation with its first
 pass, as before ``model/recompute.py`` turned that off), ``reentrant`` (torch's older
 checkpoint: first pass without autograd, no saved-tensor hooks; cannot serve autograd.grad,
@@ -48,6 +50,10 @@ def variant(name: str, model):
             for m in attention:
                 m.recompute_edges = False
             stack.callback(lambda: [setattr(m, "recompute_edges", True) for m in attention])
+        elif name == "recompute_conv1":  # the first SO(2) convolution's GEMMs redone in the backward pass
+            from eqv2_plugin.model import recompute
+
+            stack.enter_context(mock.patch.object(recompute, "KeptOutputs", lambda: None))
         elif name == "no_ffn_recompute":
             stack.enter_context(mock.patch.object(ffn, "recompute_in_backward", lambda f, *a: f(*a)))
         elif name == "determinism_check":
