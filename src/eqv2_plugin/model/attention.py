@@ -128,7 +128,7 @@ class EdgeAttention(nn.Module):
             # the rotated messages [E, K, 2C], the radial weights, their products and the
             # activation's input are the largest tensors of a layer and cheap to rebuild:
             # recompute them in the backward pass (conv2 keeps its own input, the activated messages).
-            # On a GPU conv1's outputs ([E, K, hidden] and the logits, a fifth of its input) are kept,
+            # On a GPU conv1's outputs ([E, K, hidden] and the logits, a third of its input) are kept,
             # so that the recomputation skips its GEMMs; on the CPU they would cost the memory target.
             keep = backend.launch_bound(x.device)
             hidden, logits = recompute_in_backward(
