@@ -274,6 +274,23 @@ def grid_silu_bwd(
 # One program per node; all C channels in one block; the l>0 coefficients BK rows at a time.
 # stats [N, 3] = (mean of l=0, its 1/std, 1/rms of l>0), kept for the backward pass.
 @triton.jit
+def _degree_weights(w_ptr, deg_ptr, k, km, c, cm, C):
+    """``w[deg(k), c]`` for coefficient rows ``k >= 1`` (``deg_ptr``: degree - 1 per row k - 1)."""
+    deg = tl.load(deg_ptr + k - 1, mask=km, other=0)
+    return _tile(w_ptr, 0, deg, c, C, km, cm).to(tl.float32)
+
+
+@triton.jit
+def _norm_bwd_rows(go_ptr, x_ptr, w_ptr, deg_ptr, base, k0, c, cm, K, C, BK: tl.constexpr):
+    """Rows ``k0 .. k0+BK`` of one node: (rows, mask, x, upstream gradient, weights), fp32."""
+    k = k0 + tl.arange(0, BK)
+    km = k < K
+    xt = _tile(x_ptr, base, k, c, C, km, cm).to(tl.float32)
+    got = _tile(go_ptr, base, k, c, C, km, cm).to(tl.float32)
+    return k, km, xt, got, _degree_weights(w_ptr, deg_ptr, k, km, c, cm, C)
+
+
+@triton.jit
 def separable_norm_fwd(
     x_ptr, g0_ptr, b0_ptr, w_ptr, bal_ptr, deg_ptr, out_ptr, stats_ptr,
     K, C, eps,
@@ -304,8 +321,7 @@ def separable_norm_fwd(
         k = k0 + tl.arange(0, BK)
         km = k < K
         xt = _tile(x_ptr, base, k, c, C, km, cm).to(tl.float32)
-        deg = tl.load(deg_ptr + k - 1, mask=km, other=0)
-        wt = _tile(w_ptr, 0, deg, c, C, km, cm).to(tl.float32)
+        wt = _degree_weights(w_ptr, deg_ptr, k, km, c, cm, C)
         out = out_ptr + base + k[:, None] * C + c[None, :]
         tl.store(out, (xt * inv * wt).to(out_ptr.dtype.element_ty), mask=km[:, None] & cm[None, :])
     tl.store(stats_ptr + n * 3, mean)
@@ -339,21 +355,11 @@ def separable_norm_bwd(
     # l > 0: out = x w inv with d inv / d x[k, c] = -inv^3 bal[k] x[k, c] / C
     acc = tl.zeros((BK, BC), dtype=tl.float32)
     for k0 in range(1, K, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < K
-        xt = _tile(x_ptr, base, k, c, C, km, cm).to(tl.float32)
-        got = _tile(go_ptr, base, k, c, C, km, cm).to(tl.float32)
-        deg = tl.load(deg_ptr + k - 1, mask=km, other=0)
-        wt = _tile(w_ptr, 0, deg, c, C, km, cm).to(tl.float32)
+        k, km, xt, got, wt = _norm_bwd_rows(go_ptr, x_ptr, w_ptr, deg_ptr, base, k0, c, cm, K, C, BK)
         acc += got * xt * wt
     s = tl.sum(tl.sum(acc, axis=1), axis=0) * inv * inv * inv / C
     for k0 in range(1, K, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < K
-        xt = _tile(x_ptr, base, k, c, C, km, cm).to(tl.float32)
-        got = _tile(go_ptr, base, k, c, C, km, cm).to(tl.float32)
-        deg = tl.load(deg_ptr + k - 1, mask=km, other=0)
-        wt = _tile(w_ptr, 0, deg, c, C, km, cm).to(tl.float32)
+        k, km, xt, got, wt = _norm_bwd_rows(go_ptr, x_ptr, w_ptr, deg_ptr, base, k0, c, cm, K, C, BK)
         bal = tl.load(bal_ptr + k - 1, mask=km, other=0.0).to(tl.float32)
         offs = base + k[:, None] * C + c[None, :]
         mask = km[:, None] & cm[None, :]
