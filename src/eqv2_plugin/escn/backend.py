@@ -91,6 +91,19 @@ def launch_bound(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, or None (torch 2.4 and newer APIs)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # older signature: no argument means CUDA
+        enabled = device_type == "cuda" and torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(device_type)
+    return torch.get_autocast_gpu_dtype()
+
+
 def triton_available() -> bool:
     """Whether the triton package can be imported (it ships with CUDA builds of torch)."""
     return importlib.util.find_spec("triton") is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from eqv2_plugin.escn.backend import autocast_dtype
 from eqv2_plugin.escn.edges import EdgeSegments, edge_ranges
 from eqv2_plugin.escn.grid_activation import grid_silu_grad
 from eqv2_plugin.escn.rotation import EdgeRotation
@@ -40,21 +41,8 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype active for ``device_type``, or None (torch 2.4 and newer APIs)."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except TypeError:  # older signature: no argument means CUDA
-        enabled = device_type == "cuda" and torch.is_autocast_enabled()
-    if not enabled:
-        return None
-    if hasattr(torch, "get_autocast_dtype"):
-        return torch.get_autocast_dtype(device_type)
-    return torch.get_autocast_gpu_dtype()
-
-
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return _autocast_dtype(x.device.type) or x.dtype
+    return autocast_dtype(x.device.type) or x.dtype
 
 
 # --------------------------------------------------------------------------- gather_rotate
