@@ -34,7 +34,7 @@ FORCE_HEADS = {
     "equiformer_v2_force_head": "eqv2_plugin.EquiformerV2ForceHead",
 }
 # our own arguments, which fairchem's classes do not accept
-PLUGIN_ONLY_ARGS = ("edge_frame", "direct_forces", "energy_reduce", "kernel_backend", "recompute_edges")
+PLUGIN_ONLY_ARGS = ("edge_frame", "direct_forces", "energy_reduce", "kernel_backend", "recompute_edges", "cuda_graphs")
 
 
 def _strip_module(key: str) -> tuple[str, str]:

@@ -213,6 +213,10 @@ class EquiformerV2Backbone(nn.Module):
 
     def embed(self, data) -> dict:
         graph = self.build_graph(data)
+        return {"node_embedding": self.node_features(graph), "graph": graph}
+
+    def node_features(self, graph: EdgeGraph) -> torch.Tensor:
+        """``[N, (lmax+1)^2, C]``: embeddings, blocks and the final norm over a built graph."""
         x = self.edge_degree(graph)
         l0, rest = x.split([1, x.shape[1] - 1], dim=1)
         x = torch.cat([l0 + self.atom_embedding(graph.atomic_numbers).unsqueeze(1), rest], dim=1)
@@ -221,7 +225,7 @@ class EquiformerV2Backbone(nn.Module):
                 x = recompute_in_backward(block, x, graph)
             else:
                 x = block(x, graph)
-        return {"node_embedding": self.final_norm(x, graph.ops), "graph": graph}
+        return self.final_norm(x, graph.ops)
 
     def forward(self, data) -> dict:
         return self.embed(data)

@@ -11,6 +11,8 @@ from torch import nn
 from eqv2_plugin.model import checkpoint as ckpt
 from eqv2_plugin.model.backbone import EquiformerV2Backbone as _Backbone
 from eqv2_plugin.model.backbone import init_weights
+from eqv2_plugin.model.cuda_graphs import GraphedInference
+from eqv2_plugin.model.graph import EdgeGraph
 from eqv2_plugin.model.heads import DirectForceHead, EnergyHead, attention_forces, gradient_forces
 
 
@@ -49,11 +51,20 @@ class EquiformerV2(EquiformerV2Backbone):
 
     Takes every backbone argument (see ``EquiformerV2Backbone``) plus
     ``energy_reduce``: ``"sum"`` (divide by ``avg_num_nodes``, the reference) or
-    ``"mean"`` (divide by the number of atoms).
+    ``"mean"`` (divide by the number of atoms), and ``cuda_graphs`` (default False): replay
+    inference on CUDA from CUDA graphs, per input shape (``model.cuda_graphs``; direct forces only).
     """
 
-    def __init__(self, *args, energy_reduce: str = "sum", **kwargs):
+    def __init__(self, *args, energy_reduce: str = "sum", cuda_graphs: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        if cuda_graphs not in (True, False):
+            raise ValueError(f"EquiformerV2: cuda_graphs must be true or false, got {cuda_graphs!r}")
+        if cuda_graphs and self.regress_forces and not self.direct_forces:
+            raise ValueError(
+                "EquiformerV2: cuda_graphs records inference with direct forces; gradient forces need "
+                "autograd through the model. Set direct_forces: true or cuda_graphs: false"
+            )
+        self.graphed_inference = GraphedInference() if cuda_graphs else None
         self.energy_head = EnergyHead(self, energy_reduce)
         self.force_head = DirectForceHead(self) if (self.regress_forces and self.direct_forces) else None
         init_weights(self.energy_head, self.weight_init)
@@ -64,11 +75,19 @@ class EquiformerV2(EquiformerV2Backbone):
 
     def forward(self, data) -> dict[str, torch.Tensor]:
         with _grad_for_forces(self):
-            emb = self.embed(data)
-            x, graph = emb["node_embedding"], emb["graph"]
+            graph = self.build_graph(data)
+        if self.graphed_inference is not None and not self.training and self.graphed_inference.applies(graph):
+            params = [*self.parameters(), *self.buffers()]
+            return self.graphed_inference(self.outputs, params, graph, data.natoms)
+        return self.outputs(graph, data.natoms, data.pos)
+
+    def outputs(self, graph: EdgeGraph, natoms: torch.Tensor, pos: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Energies ``[B]`` and forces ``[N, 3]`` over a built graph (``pos``: for gradient forces)."""
+        with _grad_for_forces(self):
+            x = self.node_features(graph)
             with _heads_in_fp32(x):
                 x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-                energy = self.energy_head(x, graph, data.natoms)
+                energy = self.energy_head(x, graph, natoms)
         if self.use_energy_lin_ref:
             with torch.autocast("cuda", enabled=False):
                 energy = energy.to(self.energy_lin_ref.dtype).index_add(
@@ -80,7 +99,7 @@ class EquiformerV2(EquiformerV2Backbone):
                 with _heads_in_fp32(x):
                     out["forces"] = self.force_head(x, graph)
             else:
-                out["forces"] = gradient_forces(energy, data.pos, self.training)
+                out["forces"] = gradient_forces(energy, pos, self.training)
         return out
 
 

@@ -1,0 +1,209 @@
+"""Inference replayed from CUDA graphs (``cuda_graphs: true``, ``model/cuda_graphs.py``).
+
+On the CPU: the recorded function reads every per-batch tensor through its inputs (so a replay
+with new data computes the new batch), and makes no call that reads device data on the host
+(which a recording cannot contain). With CUDA: replays equal eager inference.
+Runs without fairchem (the GPU machines have none).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import eqv2_plugin
+from _reference import SMALL, perturb_, rel_err
+from _systems import oc20_like_atoms, to_batch
+from eqv2_plugin.escn import backend
+from eqv2_plugin.model.cuda_graphs import GraphedInference, Recording, graph_inputs, rebuild_graph
+
+CFG = {**SMALL, "max_radius": 12.0, "edge_frame": "deterministic"}
+
+
+def _model(**kw) -> eqv2_plugin.EquiformerV2:
+    torch.manual_seed(0)
+    model = eqv2_plugin.EquiformerV2(**CFG, **kw)
+    perturb_(model)
+    return model.eval()
+
+
+def _two_batches(seed: int = 3):
+    """The same system twice, moved differently: same atoms and (capped) edge counts."""
+    first = oc20_like_atoms(1, seed=seed)
+    second = [a.copy() for a in first]
+    for a in second:
+        a.rattle(0.05, seed=seed + 1)
+    return to_batch(first), to_batch(second)
+
+
+# ops that read device data on the host (a CUDA synchronisation; not allowed in a recording)
+HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "bincount", "unique_consecutive", "_unique",
+              "_unique2", "unique_dim", "repeat_interleave", "is_nonzero", "equal"}
+
+
+class HostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in HOST_READS and not (name == "repeat_interleave" and (kwargs or {}).get("output_size")):
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_recorded_function_reads_every_batch_tensor_through_its_inputs():
+    """Copy a second batch into tensors taken from the first, as a replay does: the outputs are
+    the second batch's, so nothing of the first batch is read from elsewhere."""
+    model = _model(kernel_backend="torch")
+    first, second = _two_batches()
+    with torch.no_grad():
+        g1, g2 = model.build_graph(first), model.build_graph(second)
+        inputs = [t.clone() for t in graph_inputs(g1, first.natoms)]
+        new = graph_inputs(g2, second.natoms)
+        assert [t.shape for t in inputs] == [t.shape for t in new]  # one recording serves both
+        expected = model.outputs(g2, second.natoms)
+        before = model.outputs(*rebuild_graph(g1, inputs))
+        for dst, src in zip(inputs, new):
+            dst.copy_(src)
+        replayed = model.outputs(*rebuild_graph(g1, inputs))
+    assert rel_err(before["energy"], expected["energy"]) > 1e-4  # the two batches differ
+    for name in ("energy", "forces"):
+        torch.testing.assert_close(replayed[name], expected[name], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("gpu_shapes", [False, True])
+def test_recorded_function_makes_no_host_reads(monkeypatch, gpu_shapes):
+    if gpu_shapes:
+        monkeypatch.setattr(backend, "launch_bound", lambda device: True)
+    model = _model(kernel_backend="torch")
+    batch, _ = _two_batches()
+    with torch.no_grad():
+        graph = model.build_graph(batch)
+        inputs = graph_inputs(graph, batch.natoms)
+        with HostReads() as reads:
+            out = model.outputs(*rebuild_graph(graph, inputs))
+        assert reads.found == []
+        assert out["forces"].abs().max() > 0
+        with HostReads() as control:  # the check sees what it looks for
+            out["energy"].sum().item()
+        assert control.found == ["_local_scalar_dense"]
+
+
+def test_cuda_graphs_argument_is_checked():
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        eqv2_plugin.EquiformerV2(**CFG, cuda_graphs="yes")
+    with pytest.raises(ValueError, match="direct_forces"):
+        eqv2_plugin.EquiformerV2(**CFG, cuda_graphs=True, direct_forces=False)
+
+
+def test_on_cpu_and_while_training_the_model_runs_eagerly():
+    model = _model(cuda_graphs=True)
+    batch, _ = _two_batches()
+    with torch.no_grad():
+        for _ in range(3):
+            model(batch)
+    assert not model.graphed_inference.recordings and not model.graphed_inference.seen
+    assert copy.deepcopy(model).graphed_inference.max_graphs == model.graphed_inference.max_graphs
+
+
+def _rerun(fn, graph, inputs) -> Recording:
+    """A recorder for the CPU: a replay reruns ``fn`` on the recorded inputs."""
+    outputs = fn(*rebuild_graph(graph, inputs))
+
+    def replay():
+        for name, t in fn(*rebuild_graph(graph, inputs)).items():
+            outputs[name].copy_(t)
+
+    return Recording(replay, inputs, outputs)
+
+
+def test_recordings_per_shape_second_sighting_and_least_recently_used():
+    model = _model(kernel_backend="torch")
+    cache = GraphedInference(max_graphs=2, record=_rerun)
+    first, second = _two_batches()
+    shapes = [to_batch(oc20_like_atoms(1, seed=s)) for s in (11, 12)]
+    with torch.no_grad():
+        expected = {id(b): model.outputs(model.build_graph(b), b.natoms) for b in (first, second, *shapes)}
+
+        def call(batch):
+            params = [*model.parameters(), *model.buffers()]
+            out = cache(model.outputs, params, model.build_graph(batch), batch.natoms)
+            for name in ("energy", "forces"):
+                torch.testing.assert_close(out[name], expected[id(batch)][name], rtol=1e-6, atol=1e-7)
+            return out
+
+        call(first)
+        assert not cache.recordings  # seen once
+        call(first)
+        assert len(cache.recordings) == 1
+        recording = next(iter(cache.recordings.values()))
+        out = call(second)  # same shapes: the recording, with the second batch copied in
+        assert next(iter(cache.recordings.values())) is recording and len(cache.recordings) == 1
+        again = call(second)
+        assert again["energy"].data_ptr() != out["energy"].data_ptr()  # callers get their own copies
+        for batch in (shapes[0], shapes[0], shapes[1], shapes[1]):  # two more shapes, at most two kept
+            call(batch)
+        assert len(cache.recordings) == 2 and recording not in cache.recordings.values()
+        call(first)  # seen twice before: recorded again at once
+        assert len(cache.recordings) == 2
+        kept = cache.recordings[next(reversed(cache.recordings))]
+        weight = next(model.parameters())
+        weight.data = weight.data.clone()  # new storage (as .to() or .half() make): recordings dropped
+        call(first)
+        assert list(cache.recordings.values()) != [kept] and len(cache.recordings) == 1
+
+
+def test_a_failed_recording_leaves_inference_eager():
+    def fail(fn, graph, inputs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    model = _model(kernel_backend="torch")
+    cache = GraphedInference(record=fail)
+    batch, _ = _two_batches()
+    with torch.no_grad():
+        graph = model.build_graph(batch)
+        params = [*model.parameters(), *model.buffers()]
+        cache(model.outputs, params, graph, batch.natoms)
+        with pytest.warns(UserWarning, match="running eagerly"):
+            out = cache(model.outputs, params, graph, batch.natoms)
+        torch.testing.assert_close(out["energy"], model.outputs(graph, batch.natoms)["energy"])
+    assert cache.failed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp", [False, True])
+def test_replays_equal_eager_inference(amp):
+    eager = _model().cuda()
+    graphed = _model(cuda_graphs=True).cuda()
+    graphed.load_state_dict(eager.state_dict())
+    first, second = (b.to("cuda") for b in _two_batches())
+    other = to_batch(oc20_like_atoms(1, seed=11)).to("cuda")  # another shape
+    recordings = graphed.graphed_inference.recordings
+
+    def check(batch):
+        got, want = graphed(batch), eager(batch)
+        for name in ("energy", "forces"):
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        check(first)
+        assert not recordings  # a shape is recorded the second time it is seen
+        for batch in (first, second, first, other, second):
+            check(batch)
+        assert not graphed.graphed_inference.failed
+        assert len(recordings) == 1  # `other` was seen once
+        recording = next(iter(recordings.values()))
+        for model in (graphed, eager):  # in-place updates (optimizer steps, load_state_dict) are replayed
+            for p in model.parameters():
+                p.mul_(1.01)
+        check(second)
+        weight = next(graphed.parameters())
+        old = weight.data
+        weight.data = old.clone()  # new storage, as .to() makes: the old recording would read `old`
+        old.zero_()
+        check(second)
+        assert next(iter(recordings.values())) is not recording
