@@ -33,8 +33,8 @@ else
   variants=(--device cuda --config 83M --systems 8 --warmup 2 --steps 8); variants_timeout=200
 fi
 # PRECISIONS="amp" (say) measures only those, STEPS="profile" (say) runs only those of
-# tests, bench, profile (and variants, which only runs when named): e.g. to redo one part
-# after a fix within the device budget
+# tests, bench, profile (and graphs and variants, which only run when named): e.g. to redo one
+# part after a fix within the device budget
 [[ -n "${PRECISIONS:-}" ]] && read -r -a precisions <<< "$PRECISIONS"
 steps=" ${STEPS:-tests bench profile} "
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -54,7 +54,7 @@ export PYTHONPATH="$PWD/src:/tmp/site:$PWD/benchmarks/gpu/placeholder"
 if [[ $steps == *" tests "* ]]; then
   xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n "$workers")
   timeout "$tests_timeout" python3 -m pytest -q -p no:cacheprovider --noconftest ${xdist[@]+"${xdist[@]}"} \
-    tests/test_triton_kernels.py 2>&1 | tail -40 | tee "$OUT/kernel_tests.txt"
+    tests/test_triton_kernels.py tests/test_cuda_graphs.py 2>&1 | tail -40 | tee "$OUT/kernel_tests.txt"
 fi
 
 # 2. the benchmark: fp32 then AMP
@@ -69,6 +69,16 @@ if [[ $steps == *" bench "* ]]; then
     python3 benchmarks/gpu/amp_accuracy.py "$OUT/bench_${config}_fp32.json" "$OUT/bench_${config}_amp.json" 2>&1 \
       | tee "$OUT/amp_accuracy.txt"
   fi
+fi
+# 3b. (only when STEPS names it) inference replayed from CUDA graphs (`cuda_graphs: true`), ours'
+# Triton path against the reference, per precision
+if [[ $steps == *" graphs "* ]]; then
+  for precision in "${precisions[@]}"; do
+    extra=""; [[ $precision == amp ]] && extra="--amp"
+    timeout "$bench_timeout" python3 benchmarks/bench_model.py --device "$device" --config "$config" "${bench[@]}" $extra \
+      --mode inference --set cuda_graphs=true --out "$OUT/bench_${config}_graphs_$precision.json" 2>&1 \
+      | tee "$OUT/bench_${config}_graphs_$precision.txt"
+  done
 fi
 # 4. where the time goes: torch.profiler tables (self device time per operator / kernel), per
 # precision, in one file (a device run brings back at most 8 files from $OUT)
