@@ -75,6 +75,46 @@ def test_recorded_function_reads_every_batch_tensor_through_its_inputs():
         torch.testing.assert_close(replayed[name], expected[name], rtol=1e-6, atol=1e-7)
 
 
+class ForeignReads(TorchDispatchMode):
+    """Tensors an op reads that are neither ``allowed`` nor made by an earlier op in the region:
+    in a recording those would be memory it does not refresh from its inputs."""
+
+    def __init__(self, allowed: list[torch.Tensor]):
+        super().__init__()
+        self.known = {t.untyped_storage().data_ptr() for t in allowed}
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for t in torch.utils._pytree.tree_leaves((args, kwargs or {})):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.known:
+                self.found.append((func.overloadpacket.__name__, tuple(t.shape)))
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.known.add(t.untyped_storage().data_ptr())
+        return out
+
+
+@pytest.mark.parametrize("gpu_shapes", [False, True])
+def test_recorded_function_reads_only_its_inputs_and_the_model(monkeypatch, gpu_shapes):
+    """Every tensor the recorded part reads is an input, a parameter or buffer, or made inside
+    it, including tensors that are equal for the two batches of the test above (edge orderings)."""
+    if gpu_shapes:
+        monkeypatch.setattr(backend, "launch_bound", lambda device: True)
+    model = _model(kernel_backend="torch")
+    batch, _ = _two_batches()
+    with torch.no_grad():
+        graph = model.build_graph(batch)
+        inputs = [t.clone() for t in graph_inputs(graph, batch.natoms)]
+        static = rebuild_graph(graph, inputs)
+        with ForeignReads([*inputs, *model.parameters(), *model.buffers()]) as reads:
+            model.outputs(*static)
+        assert reads.found == []
+        with ForeignReads([*inputs, *model.parameters(), *model.buffers()]) as control:
+            model.outputs(graph, batch.natoms)  # the original graph: its tensors are foreign here
+        assert control.found
+
+
 @pytest.mark.parametrize("gpu_shapes", [False, True])
 def test_recorded_function_makes_no_host_reads(monkeypatch, gpu_shapes):
     if gpu_shapes:

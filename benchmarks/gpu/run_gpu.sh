@@ -70,8 +70,8 @@ if [[ $steps == *" bench "* ]]; then
       | tee "$OUT/amp_accuracy.txt"
   fi
 fi
-# 3b. (only when STEPS names it) inference replayed from CUDA graphs (`cuda_graphs: true`), ours'
-# Triton path against the reference, per precision
+# 3b. (only when STEPS names it) inference replayed from CUDA graphs (`cuda_graphs: true`), our
+# torch and Triton paths against the reference, per precision
 if [[ $steps == *" graphs "* ]]; then
   for precision in "${precisions[@]}"; do
     extra=""; [[ $precision == amp ]] && extra="--amp"
