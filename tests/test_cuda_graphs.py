@@ -83,16 +83,47 @@ class ForeignReads(TorchDispatchMode):
         super().__init__()
         self.known = {t.untyped_storage().data_ptr() for t in allowed}
         self.found = []
+        self.in_kernel = False  # triton's interpreter copying a kernel's arguments: not the model's reads
+
+    def check(self, name: str, tensors) -> None:
+        for t in torch.utils._pytree.tree_leaves(tensors):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.known:
+                self.found.append((name, tuple(t.shape)))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        for t in torch.utils._pytree.tree_leaves((args, kwargs or {})):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.known:
-                self.found.append((func.overloadpacket.__name__, tuple(t.shape)))
         out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.known.add(t.untyped_storage().data_ptr())
+        if not self.in_kernel:
+            self.check(func.overloadpacket.__name__, (args, kwargs or {}))
+            for t in torch.utils._pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.known.add(t.untyped_storage().data_ptr())
         return out
+
+    def watch_triton_launches(self, monkeypatch) -> None:
+        """Check the tensors passed to each Triton kernel too (they bypass the dispatcher)."""
+        from eqv2_plugin.escn.triton import kernels
+
+        reads = self
+
+        class Launch:
+            def __init__(self, name, kernel):
+                self.name, self.kernel = name, kernel
+
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    reads.check(self.name, (args, kwargs))
+                    reads.in_kernel = True
+                    try:
+                        return self.kernel[grid](*args, **kwargs)
+                    finally:
+                        reads.in_kernel = False
+
+                return launch
+
+        for name in dir(kernels):
+            kernel = getattr(kernels, name)
+            if hasattr(kernel, "fn") and not name.startswith("_"):
+                monkeypatch.setattr(kernels, name, Launch(name, kernel))
 
 
 @pytest.mark.parametrize("gpu_shapes", [False, True])
@@ -113,6 +144,31 @@ def test_recorded_function_reads_only_its_inputs_and_the_model(monkeypatch, gpu_
         with ForeignReads([*inputs, *model.parameters(), *model.buffers()]) as control:
             model.outputs(graph, batch.natoms)  # the original graph: its tensors are foreign here
         assert control.found
+
+
+def test_recorded_triton_path_reads_only_its_inputs_and_the_model(monkeypatch):
+    """The same for the Triton path (interpreted; a one-layer model on a 4-atom cell), whose
+    kernels also read the edge orderings."""
+    from ase.build import bulk
+
+    torch.manual_seed(0)
+    model = eqv2_plugin.EquiformerV2(**{**CFG, "num_layers": 1}, kernel_backend="triton").eval()
+    cell = bulk("Cu", "fcc", a=3.6, cubic=True)
+    cell.rattle(0.05, seed=0)
+    batch = to_batch([cell])
+    with torch.no_grad():
+        graph = model.build_graph(batch)
+        inputs = [t.clone() for t in graph_inputs(graph, batch.natoms)]
+        static = rebuild_graph(graph, inputs)
+        reads = ForeignReads([*inputs, *model.parameters(), *model.buffers()])
+        reads.watch_triton_launches(monkeypatch)
+        with reads:
+            model.outputs(*static)
+        assert reads.found == []
+        static[0].edges.__dict__["by_target"] = graph.edges.by_target  # a stale ordering is seen
+        with reads:
+            model.outputs(*static)
+        assert reads.found == [("rotate_scatter_fwd", (80,)), ("rotate_scatter_fwd", (5,))] * 3  # order, ptr
 
 
 @pytest.mark.parametrize("gpu_shapes", [False, True])
