@@ -52,7 +52,8 @@ class EquiformerV2(EquiformerV2Backbone):
     Takes every backbone argument (see ``EquiformerV2Backbone``) plus
     ``energy_reduce``: ``"sum"`` (divide by ``avg_num_nodes``, the reference) or
     ``"mean"`` (divide by the number of atoms), and ``cuda_graphs`` (default False): replay
-    inference on CUDA from CUDA graphs, per input shape (``model.cuda_graphs``; direct forces only).
+    inference on CUDA from CUDA graphs, per input shape (``eqv2_plugin.model.cuda_graphs``; direct
+    forces only).
     """
 
     def __init__(self, *args, energy_reduce: str = "sum", cuda_graphs: bool = False, **kwargs):
