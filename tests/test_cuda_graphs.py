@@ -189,11 +189,13 @@ def test_recorded_function_makes_no_host_reads(monkeypatch, gpu_shapes):
         assert control.found == ["_local_scalar_dense"]
 
 
-def test_cuda_graphs_argument_is_checked():
+@pytest.mark.parametrize("cls", [eqv2_plugin.EquiformerV2, eqv2_plugin.EquiformerV2Backbone])
+def test_cuda_graphs_argument_is_checked(cls):
     with pytest.raises(ValueError, match="cuda_graphs"):
-        eqv2_plugin.EquiformerV2(**CFG, cuda_graphs="yes")
+        cls(**CFG, cuda_graphs="yes")
     with pytest.raises(ValueError, match="direct_forces"):
-        eqv2_plugin.EquiformerV2(**CFG, cuda_graphs=True, direct_forces=False)
+        cls(**CFG, cuda_graphs=True, direct_forces=False)
+    assert cls(**CFG, cuda_graphs=True).graphed_inference is not None
 
 
 def test_on_cpu_and_while_training_the_model_runs_eagerly():
@@ -303,3 +305,17 @@ def test_replays_equal_eager_inference(amp):
         old.zero_()
         check(second)
         assert next(iter(recordings.values())) is not recording
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_hydra_backbone_replays_equal_eager():
+    torch.manual_seed(0)
+    eager = eqv2_plugin.EquiformerV2Backbone(**CFG).eval().cuda()
+    graphed = eqv2_plugin.EquiformerV2Backbone(**CFG, cuda_graphs=True).eval().cuda()
+    graphed.load_state_dict(eager.state_dict())
+    first, second = (b.to("cuda") for b in _two_batches())
+    with torch.no_grad():
+        for batch in (first, first, second):
+            got, want = graphed(batch), eager(batch)
+            torch.testing.assert_close(got["node_embedding"], want["node_embedding"], rtol=1e-5, atol=1e-5)
+    assert len(graphed.graphed_inference.recordings) == 1 and not graphed.graphed_inference.failed

@@ -29,34 +29,13 @@ def _load_with_clear_errors(module: nn.Module, load, state_dict, strict: bool):
 
 
 class EquiformerV2Backbone(_Backbone):
-    __doc__ = _Backbone.__doc__
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._register_load_state_dict_pre_hook(_hook(ckpt.MONOLITHIC_HEADS))
-
-    def forward(self, data) -> dict:
-        with _grad_for_forces(self):
-            emb = self.embed(data)
-        emb["gradient_forces"] = self.regress_forces and not self.direct_forces
-        return emb
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return _load_with_clear_errors(self, super().load_state_dict, state_dict, strict)
-
-
-class EquiformerV2(EquiformerV2Backbone):
-    """EquiformerV2 with its energy and force heads in one module (fairchem's
-    ``equiformer_v2``): ``forward(data) -> {"energy": [B], "forces": [N, 3]}``.
-
-    Takes every backbone argument (see ``EquiformerV2Backbone``) plus
-    ``energy_reduce``: ``"sum"`` (divide by ``avg_num_nodes``, the reference) or
-    ``"mean"`` (divide by the number of atoms), and ``cuda_graphs`` (default False): replay
-    inference on CUDA from CUDA graphs, per input shape (``eqv2_plugin.model.cuda_graphs``; direct
-    forces only).
+    __doc__ = _Backbone.__doc__ + """
+    Plus ``cuda_graphs`` (default False): replay inference on CUDA from CUDA graphs, per input
+    shape (``eqv2_plugin.model.cuda_graphs``; direct forces only). The hydra backbone replays
+    its node embeddings; the monolithic model its energies and forces.
     """
 
-    def __init__(self, *args, energy_reduce: str = "sum", cuda_graphs: bool = False, **kwargs):
+    def __init__(self, *args, cuda_graphs: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if cuda_graphs not in (True, False):
             raise ValueError(f"EquiformerV2: cuda_graphs must be true or false, got {cuda_graphs!r}")
@@ -66,6 +45,42 @@ class EquiformerV2(EquiformerV2Backbone):
                 "autograd through the model. Set direct_forces: true or cuda_graphs: false"
             )
         self.graphed_inference = GraphedInference() if cuda_graphs else None
+        self._register_load_state_dict_pre_hook(_hook(ckpt.MONOLITHIC_HEADS))
+
+    def replays(self, graph: EdgeGraph) -> bool:
+        """Whether this call's computation after ``build_graph`` is replayed from a CUDA graph."""
+        return self.graphed_inference is not None and not self.training and self.graphed_inference.applies(graph)
+
+    def replayed(self, fn, graph: EdgeGraph, natoms: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.graphed_inference(fn, [*self.parameters(), *self.buffers()], graph, natoms)
+
+    def forward(self, data) -> dict:
+        with _grad_for_forces(self):
+            graph = self.build_graph(data)
+            if self.replays(graph):
+                x = self.replayed(self._node_embedding, graph, data.natoms)["node_embedding"]
+            else:
+                x = self.node_features(graph)
+        return {"node_embedding": x, "graph": graph, "gradient_forces": self.regress_forces and not self.direct_forces}
+
+    def _node_embedding(self, graph: EdgeGraph, natoms: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"node_embedding": self.node_features(graph)}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return _load_with_clear_errors(self, super().load_state_dict, state_dict, strict)
+
+
+class EquiformerV2(EquiformerV2Backbone):
+    """EquiformerV2 with its energy and force heads in one module (fairchem's
+    ``equiformer_v2``): ``forward(data) -> {"energy": [B], "forces": [N, 3]}``.
+
+    Takes every backbone argument (see ``EquiformerV2Backbone``, ``cuda_graphs`` included) plus
+    ``energy_reduce``: ``"sum"`` (divide by ``avg_num_nodes``, the reference) or
+    ``"mean"`` (divide by the number of atoms).
+    """
+
+    def __init__(self, *args, energy_reduce: str = "sum", **kwargs):
+        super().__init__(*args, **kwargs)
         self.energy_head = EnergyHead(self, energy_reduce)
         self.force_head = DirectForceHead(self) if (self.regress_forces and self.direct_forces) else None
         init_weights(self.energy_head, self.weight_init)
@@ -77,9 +92,8 @@ class EquiformerV2(EquiformerV2Backbone):
     def forward(self, data) -> dict[str, torch.Tensor]:
         with _grad_for_forces(self):
             graph = self.build_graph(data)
-        if self.graphed_inference is not None and not self.training and self.graphed_inference.applies(graph):
-            params = [*self.parameters(), *self.buffers()]
-            return self.graphed_inference(self.outputs, params, graph, data.natoms)
+        if self.replays(graph):
+            return self.replayed(self.outputs, graph, data.natoms)
         return self.outputs(graph, data.natoms, data.pos)
 
     def outputs(self, graph: EdgeGraph, natoms: torch.Tensor, pos: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
