@@ -6,8 +6,9 @@ profiles). A CUDA graph records those launches once and replays them in one call
 (and any loop over the same batch) call the model with the same shapes hundreds of times, which
 is where this pays.
 
-What is recorded: everything after the edge graph is built (embeddings, blocks, heads), a
-function of tensors whose shapes depend only on the numbers of atoms, edges and systems. The
+What is recorded: everything after the edge graph is built (embeddings and blocks, and in the
+monolithic model the heads), a function of tensors whose shapes depend only on the numbers of
+atoms, edges and systems. The
 graph itself (neighbour search, edge frames with their random rolls, Wigner rows, edge scalars)
 stays eager: it reads data on the host and draws random numbers. Each call copies the new
 graph's tensors into the recorded inputs, replays, and returns copies of the outputs.
