@@ -1,10 +1,10 @@
 """Inference replayed from CUDA graphs (``cuda_graphs: true``, ``model/cuda_graphs.py``).
 
 On the CPU: the recorded function reads every per-batch tensor through its inputs (so a replay
-with new data computes the new batch), and makes no call that reads device data on the host
-(which a recording cannot contain). With CUDA: replays equal eager inference.
-Runs without fairchem (the GPU machines have none).
-"""
+with new data computes the new batch) and nothing else but the model's parameters and buffers,
+and makes no call that reads device data on the host (which a recording cannot contain); the
+policy of recording, reusing and dropping recordings. With CUDA: replays equal eager inference
+(monolithic model and hydra backbone). Runs without fairchem (the GPU machines have none)."""
 from __future__ import annotations
 
 import copy
