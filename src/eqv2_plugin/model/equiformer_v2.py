@@ -11,7 +11,7 @@ from torch import nn
 from eqv2_plugin.model import checkpoint as ckpt
 from eqv2_plugin.model.backbone import EquiformerV2Backbone as _Backbone
 from eqv2_plugin.model.backbone import init_weights
-from eqv2_plugin.model.cuda_graphs import GraphedInference
+from eqv2_plugin.model.cuda_graphs import GraphedInference, GraphFunction
 from eqv2_plugin.model.graph import EdgeGraph
 from eqv2_plugin.model.heads import DirectForceHead, EnergyHead, attention_forces, gradient_forces
 
@@ -51,7 +51,8 @@ class EquiformerV2Backbone(_Backbone):
         """Whether this call's computation after ``build_graph`` is replayed from a CUDA graph."""
         return self.graphed_inference is not None and not self.training and self.graphed_inference.applies(graph)
 
-    def replayed(self, fn, graph: EdgeGraph, natoms: torch.Tensor) -> dict[str, torch.Tensor]:
+    def replayed(self, fn: GraphFunction, graph: EdgeGraph, natoms: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``fn(graph, natoms)``, from this shape's recording (made on its second sighting)."""
         return self.graphed_inference(fn, [*self.parameters(), *self.buffers()], graph, natoms)
 
     def forward(self, data) -> dict:
@@ -96,7 +97,9 @@ class EquiformerV2(EquiformerV2Backbone):
             return self.replayed(self.outputs, graph, data.natoms)
         return self.outputs(graph, data.natoms, data.pos)
 
-    def outputs(self, graph: EdgeGraph, natoms: torch.Tensor, pos: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def outputs(
+        self, graph: EdgeGraph, natoms: torch.Tensor, pos: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Energies ``[B]`` and forces ``[N, 3]`` over a built graph (``pos``: for gradient forces)."""
         with _grad_for_forces(self):
             x = self.node_features(graph)
