@@ -29,6 +29,24 @@ def test_grid_silu_equals_its_definition(rows, chunk):
     assert torch.allclose(gx, gref, atol=1e-12)
 
 
+@pytest.mark.parametrize("launch_bound, expected", [(False, 32), (True, 1)])
+def test_torch_path_grid_silu_chunks(launch_bound, expected):
+    """Cache-sized chunks on the CPU, few large ones where launches bind (a GPU): 83M, 8 systems,
+    64 channels would be 66 chunks per call instead of 6."""
+    from eqv2_plugin.escn import backend
+    from eqv2_plugin.escn.torch_ops import TORCH_OPS
+
+    layout = EdgeLayout(6, 2)
+    to_grid, from_grid = (m.float() for m in s2_grid_matrices(6, 2, 18, layout.node_index))
+    x = torch.randn(4000, layout.num_coefficients, 8)
+    calls = []
+    with mock.patch.object(backend, "launch_bound", lambda device: launch_bound), \
+            mock.patch("torch.nn.functional.silu", side_effect=lambda t: calls.append(1) or torch.sigmoid(t) * t):
+        y = TORCH_OPS.grid_silu(x, to_grid, from_grid)
+    assert len(calls) == expected
+    torch.testing.assert_close(y, grid_silu_reference(x, to_grid, from_grid), rtol=1e-4, atol=1e-5)
+
+
 def test_grid_silu_second_derivatives():
     layout = EdgeLayout(3, 1)
     to_grid, from_grid = s2_grid_matrices(3, 1, None, layout.node_index)
