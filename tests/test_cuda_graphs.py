@@ -129,7 +129,7 @@ class ForeignReads(TorchDispatchMode):
 @pytest.mark.parametrize("gpu_shapes", [False, True])
 def test_recorded_function_reads_only_its_inputs_and_the_model(monkeypatch, gpu_shapes):
     """Every tensor the recorded part reads is an input, a parameter or buffer, or made inside
-    it, including tensors that are equal for the two batches of the test above (edge orderings)."""
+    it; this also covers tensors equal in the two batches of the test above (the rotation rescale)."""
     if gpu_shapes:
         monkeypatch.setattr(backend, "launch_bound", lambda device: True)
     model = _model(kernel_backend="torch")
