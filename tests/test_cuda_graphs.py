@@ -126,18 +126,25 @@ class ForeignReads(TorchDispatchMode):
                 monkeypatch.setattr(kernels, name, Launch(name, kernel))
 
 
-@pytest.mark.parametrize("gpu_shapes", [False, True])
-def test_recorded_function_reads_only_its_inputs_and_the_model(monkeypatch, gpu_shapes):
-    """Every tensor the recorded part reads is an input, a parameter or buffer, or made inside
-    it; this also covers tensors equal in the two batches of the test above (the rotation rescale)."""
+def _recorded_part(monkeypatch, gpu_shapes: bool):
+    """A model on the torch path (in its GPU shapes if asked), a batch, its graph and copies of
+    the graph's tensors as a recording would hold them."""
     if gpu_shapes:
         monkeypatch.setattr(backend, "launch_bound", lambda device: True)
     model = _model(kernel_backend="torch")
     batch, _ = _two_batches()
     with torch.no_grad():
         graph = model.build_graph(batch)
-        inputs = [t.clone() for t in graph_inputs(graph, batch.natoms)]
-        static = rebuild_graph(graph, inputs)
+    return model, batch, graph, [t.clone() for t in graph_inputs(graph, batch.natoms)]
+
+
+@pytest.mark.parametrize("gpu_shapes", [False, True])
+def test_recorded_function_reads_only_its_inputs_and_the_model(monkeypatch, gpu_shapes):
+    """Every tensor the recorded part reads is an input, a parameter or buffer, or made inside
+    it; this also covers tensors equal in the two batches of the test above (the rotation rescale)."""
+    model, batch, graph, inputs = _recorded_part(monkeypatch, gpu_shapes)
+    static = rebuild_graph(graph, inputs)
+    with torch.no_grad():
         with ForeignReads([*inputs, *model.parameters(), *model.buffers()]) as reads:
             model.outputs(*static)
         assert reads.found == []
@@ -173,13 +180,8 @@ def test_recorded_triton_path_reads_only_its_inputs_and_the_model(monkeypatch):
 
 @pytest.mark.parametrize("gpu_shapes", [False, True])
 def test_recorded_function_makes_no_host_reads(monkeypatch, gpu_shapes):
-    if gpu_shapes:
-        monkeypatch.setattr(backend, "launch_bound", lambda device: True)
-    model = _model(kernel_backend="torch")
-    batch, _ = _two_batches()
+    model, _, graph, inputs = _recorded_part(monkeypatch, gpu_shapes)
     with torch.no_grad():
-        graph = model.build_graph(batch)
-        inputs = graph_inputs(graph, batch.natoms)
         with HostReads() as reads:
             out = model.outputs(*rebuild_graph(graph, inputs))
         assert reads.found == []
