@@ -41,25 +41,24 @@ Recorder = Callable[[GraphFunction, EdgeGraph, list[torch.Tensor]], "Recording"]
 
 def graph_inputs(graph: EdgeGraph, natoms: torch.Tensor) -> list[torch.Tensor]:
     """Every tensor the recorded function reads that changes between batches, in a fixed order
-    (``rebuild_graph`` takes them back). The edge orderings are computed here, eagerly: their
-    sizes come from the data (``bincount``), which a recording cannot read."""
+    (``rebuild_graph`` takes them back). The edge ordering by target is computed here, eagerly:
+    its sizes come from the data (``bincount``), which a recording cannot read. (The ordering by
+    source serves backward passes only, which a recording never runs.)"""
     tgt_order, tgt_ptr = graph.edges.by_target
-    src_order, src_ptr = graph.edges.by_source
     return [
         graph.edge_index, graph.edge_vec, graph.edge_scalars, graph.rotation.wigner, graph.rotation.rescale,
-        graph.atomic_numbers, graph.batch, tgt_order, tgt_ptr, src_order, src_ptr, natoms,
+        graph.atomic_numbers, graph.batch, tgt_order, tgt_ptr, natoms,
     ]
 
 
 def rebuild_graph(template: EdgeGraph, tensors: list[torch.Tensor]) -> tuple[EdgeGraph, torch.Tensor]:
     """The graph (and ``natoms``) made of ``tensors`` (``graph_inputs``' order), with the
     non-tensor parts of ``template``."""
-    edge_index, edge_vec, edge_scalars, wigner, rescale, atomic_numbers, batch, *orders, natoms = tensors
+    edge_index, edge_vec, edge_scalars, wigner, rescale, atomic_numbers, batch, tgt_order, tgt_ptr, natoms = tensors
     rotation = template.rotation.narrow(0, 0)  # a shell with the layout; its tensors are replaced
     rotation.wigner, rotation.rescale = wigner, rescale
     edges = EdgeSegments(edge_index, atomic_numbers.shape[0])
-    edges.__dict__["by_target"] = (orders[0], orders[1])  # functools.cached_property's slots
-    edges.__dict__["by_source"] = (orders[2], orders[3])
+    edges.__dict__["by_target"] = (tgt_order, tgt_ptr)  # functools.cached_property's slot
     graph = replace(
         template, edge_index=edge_index, edge_vec=edge_vec, edge_scalars=edge_scalars, rotation=rotation,
         atomic_numbers=atomic_numbers, batch=batch, edges=edges,
